@@ -1,0 +1,88 @@
+"""Chat backends: local transformers models (``hf``) and OpenAI-compatible servers (``openai``).
+
+``build_backend(cfg)`` turns a config section into a :class:`ChatBackend`; the heavy
+implementation modules (torch/transformers, httpx) are imported only when a backend is built.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from captioner.backends.base import ChatBackend, Conversation, Message, prepare_image
+from captioner.configbase import StrictModel
+from captioner.errors import BackendError, ConfigError
+
+__all__ = [
+    "BackendConfig",
+    "BackendError",
+    "ChatBackend",
+    "Conversation",
+    "HFBackendConfig",
+    "Message",
+    "OpenAIBackendConfig",
+    "build_backend",
+    "prepare_image",
+]
+
+
+class HFBackendConfig(StrictModel):
+    """A local transformers model, loaded with ``from_pretrained``."""
+
+    type: Literal["hf"] = "hf"
+    model: str = Field(min_length=1, description="hub id or local path")
+    revision: str | None = None
+    kind: Literal["auto", "vlm", "llm"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    attn_implementation: str | None = None
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    max_image_side: int | None = Field(None, ge=1)
+
+
+class OpenAIBackendConfig(StrictModel):
+    """An OpenAI-compatible chat-completions server (vLLM, SGLang, LMDeploy, a hosted API)."""
+
+    type: Literal["openai"] = "openai"
+    model: str = Field(min_length=1)
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_in_flight: int = Field(8, ge=1)
+    timeout_s: float = Field(120.0, gt=0.0)
+    max_retries: int = Field(5, ge=0)
+    backoff_base_s: float = Field(1.0, ge=0.0)
+    backoff_max_s: float = Field(30.0, ge=0.0)
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = 0
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    max_image_side: int | None = Field(1024, ge=1)
+
+
+BackendConfig = Annotated[Union[HFBackendConfig, OpenAIBackendConfig], Field(discriminator="type")]
+
+_ADAPTER: TypeAdapter = TypeAdapter(BackendConfig)
+
+
+def build_backend(cfg: HFBackendConfig | OpenAIBackendConfig | dict) -> ChatBackend:
+    """Build the backend a config describes (a dict is validated first)."""
+    if isinstance(cfg, dict):
+        try:
+            cfg = _ADAPTER.validate_python(cfg)
+        except ValidationError as err:
+            raise ConfigError(f"invalid backend config: {err}") from None
+    if isinstance(cfg, HFBackendConfig):
+        from captioner.backends.hf import HFBackend
+
+        return HFBackend(cfg)
+    if isinstance(cfg, OpenAIBackendConfig):
+        from captioner.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(cfg)
+    raise ConfigError(f"unknown backend config type {type(cfg).__name__}")

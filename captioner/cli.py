@@ -1,0 +1,151 @@
+"""The ``captioner`` command: a thin layer over the library.
+
+Every command that writes takes ``--config`` (a YAML path or a preset name from
+``configs/<command>/``), ``--set KEY=VALUE`` overrides for any config value, and ``--out``.
+Errors the user can fix are printed as one message (no traceback unless ``--debug``) and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from captioner.configbase import load_config
+from captioner.errors import CaptionerError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config(command: str, value: str | None) -> Path | None:
+    """``--config`` takes a file path or a preset name (``tiny`` -> ``configs/<command>/tiny.yaml``)."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_file() or value.endswith((".yaml", ".yml")) or "/" in value:
+        return path
+    preset = CONFIGS_DIR / command / f"{value}.yaml"
+    if preset.is_file():
+        return preset
+    known = sorted(p.stem for p in (CONFIGS_DIR / command).glob("*.yaml"))
+    raise CaptionerError(
+        f"config {value!r}: no such file, and no preset of that name for '{command}'"
+        + (f" (presets: {', '.join(known)})" if known else "")
+    )
+
+
+def config_options(func):
+    func = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set keyframes.threshold=0.9 (repeatable; values are YAML).",
+    )(func)
+    func = click.option(
+        "--config", "config", metavar="PATH|PRESET", help="YAML config file or preset name (e.g. tiny)."
+    )(func)
+    return func
+
+
+class _Group(click.Group):
+    """Turns project errors into a one-line message and exit status 1 (traceback with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CaptionerError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="densecap-t2v")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Dense, time-aware video captions with ShareGPT4Video's DiffSW method."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("httpx", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@cli.command()
+@click.argument("video", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True)
+def info(video: Path, backend: str) -> None:
+    """Print a video's metadata (fps, frames, duration, size) as JSON."""
+    from captioner.video import probe_video
+
+    click.echo(json.dumps(probe_video(video, backend=backend).to_dict(), indent=2))
+
+
+@cli.command()
+@click.argument("video", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@config_options
+@click.option("--save-images", is_flag=True, help="Also write the keyframe images (JPEG, native size).")
+def keyframes(video: Path, out_dir: Path, config: str | None, overrides: tuple[str, ...], save_images: bool) -> None:
+    """Extract semantic-aware keyframes; writes OUT/keyframes.json."""
+    from captioner.keyframes import KeyframeConfig, extract_keyframes, save_keyframes
+
+    cfg = load_config(KeyframeConfig, resolve_config("keyframes", config), overrides)
+    result = extract_keyframes(video, cfg)
+    path = save_keyframes(result, out_dir, save_images=save_images)
+    times = ", ".join(f"{k.time:.2f}s" for k in result.keyframes)
+    click.echo(f"{len(result.keyframes)} keyframes of {result.candidates} candidates at {times}")
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("video", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Record file (.json).")
+@config_options
+def caption(video: Path, out_path: Path, config: str | None, overrides: tuple[str, ...]) -> None:
+    """Caption one video with DiffSW; writes one JSON record."""
+    from captioner.caption import CaptionConfig, caption_video
+    from captioner.record import save_record
+
+    cfg = load_config(CaptionConfig, resolve_config("caption", config), overrides)
+    record = caption_video(video, cfg)
+    save_record(record, out_path)
+    click.echo(
+        f"{len(record.keyframes)} keyframes, {len(record.diff_captions)} differential captions "
+        f"in {record.timings.get('total_s', 0):.1f}s"
+    )
+    click.echo(f"summary: {record.summary[:300]}{'…' if len(record.summary) > 300 else ''}")
+    click.echo(f"wrote {out_path}")
+
+
+@cli.command("make-tiny")
+@click.argument("out_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Same as OUT_DIR.")
+@click.option("--force", is_flag=True, help="Rebuild even if the models exist.")
+def make_tiny_cmd(out_dir: Path | None, out: Path | None, force: bool) -> None:
+    """Build tiny random models (VLM, LLM, CLIP) for tests and offline use.
+
+    With no OUT_DIR they go to the default tiny folder ($DENSECAP_TINY_DIR or
+    ~/.cache/densecap-t2v/tiny) that the `tiny` presets point to (tiny://NAME).
+    """
+    from captioner.modelrefs import tiny_dir
+    from captioner.tiny import make_tiny
+
+    paths = make_tiny(out_dir or out or tiny_dir(), force=force)
+    for name, path in sorted(paths.items()):
+        click.echo(f"{name}: {path}")
+
+
+def main() -> None:
+    cli(prog_name="captioner")
+
+
+if __name__ == "__main__":
+    main()

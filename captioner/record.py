@@ -1,0 +1,110 @@
+"""The caption record: what DiffSW writes for one video (or clip), and what later stages read.
+
+A record is plain JSON. Everything in it is a function of the inputs and the config, except the
+``timings`` section, so re-running with greedy decoding reproduces it field for field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from captioner.errors import CaptionerError
+
+RECORD_SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class VideoMeta(_Model):
+    path: str
+    size_bytes: int
+    fps: float
+    num_frames: int
+    duration: float
+    width: int
+    height: int
+    codec: str | None = None
+
+
+class KeyframeEntry(_Model):
+    index: int
+    time: float
+    similarity: float | None = None
+
+
+class FrameCaption(_Model):
+    time: float
+    text: str
+
+
+class DiffCaption(_Model):
+    t_start: float
+    t_end: float
+    text: str
+
+
+class CaptionRecord(_Model):
+    schema_version: int = RECORD_SCHEMA_VERSION
+    video: VideoMeta
+    keyframes: list[KeyframeEntry]
+    first_caption: FrameCaption
+    diff_captions: list[DiffCaption]
+    summary: str
+    models: dict[str, Any] = Field(default_factory=dict)
+    prompt_version: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    stats: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    def without_timings(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data.pop("timings", None)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_json_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so no reader ever sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_record(record: CaptionRecord, path: str | Path) -> Path:
+    return write_json_atomic(path, record.to_json())
+
+
+def load_record(path: str | Path) -> CaptionRecord:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptionerError(f"{path}: record file not found") from None
+    except json.JSONDecodeError as exc:
+        raise CaptionerError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return CaptionRecord.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise CaptionerError(f"{path}: not a caption record ({key}: {first['msg']})") from None

@@ -1,0 +1,545 @@
+"""Tiny, randomly initialised but architecturally real models for tests and the offline quick start.
+
+Real checkpoints cannot be downloaded everywhere (CI, air-gapped machines), so the test suite and the
+offline demo use miniature models of the same architectures as the real defaults:
+
+* ``vlm``:  Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration`` + a Qwen2.5-VL processor), standing in
+  for ``Qwen/Qwen2.5-VL-7B-Instruct``;
+* ``llm``:  ``Qwen2ForCausalLM`` + a Qwen2 tokenizer, standing in for ``Qwen/Qwen2.5-7B-Instruct``;
+* ``clip``: ``CLIPVisionModelWithProjection`` + ``CLIPImageProcessor``, standing in for
+  ``openai/clip-vit-large-patch14-336``.
+
+They are written with ``save_pretrained`` and are loaded back through exactly the same
+``from_pretrained`` code path as real hub ids, so everything except the quality of the text is
+exercised. The tokenizer is a real byte-level BPE trained at build time on a fixed built-in English
+text, so any input can be tokenised and decoded.
+
+Everything is seeded: the same seed gives byte-identical weights and an identical tokenizer.
+Random weights produce gibberish text; generation is nevertheless deterministic under greedy
+decoding and never stops on the first token (the end-of-turn logits are zeroed, see
+``_calm_special_logits``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_TINY_DIR",
+    "TINY_KINDS",
+    "build_tiny_clip",
+    "build_tiny_llm",
+    "build_tiny_vlm",
+    "is_complete",
+    "make_tiny",
+]
+
+#: Where :func:`make_tiny` puts the models unless told otherwise.
+DEFAULT_TINY_DIR: Path = (
+    Path(os.environ["DENSECAP_TINY_DIR"]).expanduser()
+    if os.environ.get("DENSECAP_TINY_DIR")
+    else Path.home() / ".cache" / "densecap-t2v" / "tiny"
+)
+
+TINY_KINDS = ("vlm", "llm", "clip")
+
+# Bump when the builders change, so cached builds made by an older version are redone.
+_BUILD_VERSION = 1
+_MARKER = ".densecap-tiny-complete.json"
+
+# Special tokens, in Qwen's order (they come after the BPE vocabulary, as in the real tokenizer).
+_ENDOFTEXT = "<|endoftext|>"
+_IM_START = "<|im_start|>"
+_IM_END = "<|im_end|>"
+_VISION_START = "<|vision_start|>"
+_VISION_END = "<|vision_end|>"
+_IMAGE_PAD = "<|image_pad|>"
+_VIDEO_PAD = "<|video_pad|>"
+_SPECIALS = (_ENDOFTEXT, _IM_START, _IM_END, _VISION_START, _VISION_END, _IMAGE_PAD, _VIDEO_PAD)
+
+_BPE_VOCAB_SIZE = 1200  # byte alphabet + merges; the special tokens come on top
+
+# Same pre-tokenisation as Qwen2's tokenizer (GPT-4 style split, then byte-level mapping).
+_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# ChatML template that understands image/video content parts (Qwen2.5-VL style placeholders).
+VLM_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in part -%}"
+    "{{- part['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
+
+# Plain ChatML for the text-only model (content parts, if any, are concatenated text).
+LLM_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if 'text' in part -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
+
+# A fixed English text for training the BPE. Its content only matters in that it is English prose
+# of the kind the models see (video descriptions and instructions), so common words become tokens.
+_CORPUS_PARAGRAPHS = (
+    "A woman in a red coat walks along a quiet street at dawn. The camera follows her from behind, "
+    "then slowly moves to the side as she turns the corner. Light from the shop windows falls on the "
+    "wet pavement, and a few cars pass in the background.",
+    "Describe the video in detail. Mention the people, the objects, the setting, the colors, the "
+    "lighting, the camera movement and every change that happens between the frames. Be precise "
+    "about the order of events and do not invent anything that is not visible.",
+    "In the first frame, a small brown dog sits on a green lawn next to a wooden fence. In the second "
+    "frame, the dog stands up and runs toward a child who is holding a yellow ball. The camera pans "
+    "to the right to keep both of them in view.",
+    "Compared with the previous keyframe, the scene has become darker. The sun is setting behind the "
+    "mountains, the sky turns orange and purple, and the lights of the town begin to appear in the "
+    "valley below. The camera remains static throughout the shot.",
+    "Two men are cooking in a busy kitchen. One of them chops onions on a cutting board while the "
+    "other stirs a large pot of soup. Steam rises from the stove, and plates are stacked on the "
+    "counter near the window.",
+    "The differences between these two images are: the car has moved forward, a cyclist has entered "
+    "from the left, the traffic light changed from red to green, and the camera zoomed in slightly.",
+    "Summarize the captions of all the frames into one coherent paragraph that describes the whole "
+    "video from beginning to end, including the background, the main subjects, their actions and "
+    "the movement of the camera.",
+    "A close-up shot of a hand writing on a sheet of white paper with a black pen. The text is "
+    "written slowly, letter by letter, and the shadow of the pen moves across the page.",
+    "Aerial view of a long beach with white sand and clear blue water. Waves break gently on the "
+    "shore, people walk near the water, and a boat sails far away near the horizon.",
+    "The video shows a city at night: tall buildings with bright windows, streets full of traffic, "
+    "and a bridge over a river that reflects the colorful lights. The camera slowly flies forward "
+    "over the river toward the center of the city.",
+    "An old man reads a newspaper on a bench in the park. Pigeons gather around his feet, and "
+    "children play on the grass behind him. Leaves fall from the trees as the wind blows.",
+    "Here is a short caption. Please expand it into a detailed description suitable for generating "
+    "a video: describe the subject, its appearance, the action, the environment, the style, the "
+    "lighting and the camera angle in a few sentences.",
+    "A cat jumps onto a table, knocks over a glass of water, and quickly runs out of the room. The "
+    "water spreads across the table and drips onto the floor.",
+    "Snow falls over a forest of tall pine trees. A deer walks slowly between the trees, stops to "
+    "look at the camera, and then disappears into the mist.",
+    "A chef places a slice of cake on a white plate, adds fresh strawberries and a spoon of cream, "
+    "and pushes the plate toward the camera. The background is blurred.",
+    "Numbers and dates appear as well: 1, 2, 3, 10, 25, 100, 2024, 12:30, 3.5 seconds, 60 frames "
+    "per second, 1920x1080 pixels, and the time stamps 00:00:05 and 00:01:20.",
+)
+
+_SUBJECTS = (
+    "a young girl",
+    "the old dog",
+    "a tall man",
+    "two birds",
+    "a white car",
+    "the train",
+    "a group of students",
+    "the red balloon",
+    "a small boat",
+    "the robot",
+)
+_VERBS = (
+    "moves slowly across",
+    "jumps over",
+    "stands next to",
+    "runs along",
+    "looks at",
+    "turns around near",
+    "flies above",
+    "waits beside",
+    "rolls down",
+    "appears behind",
+)
+_PLACES = (
+    "the bridge",
+    "the river",
+    "a wooden table",
+    "the open door",
+    "the busy road",
+    "a snowy hill",
+    "the garden",
+    "the station",
+    "a bright window",
+    "the dark tunnel",
+)
+_CAMERA = (
+    "while the camera pans left",
+    "as the camera zooms in",
+    "in a wide static shot",
+    "seen from above",
+    "in slow motion",
+)
+
+
+def _corpus() -> str:
+    lines = list(_CORPUS_PARAGRAPHS)
+    for i, s in enumerate(_SUBJECTS):
+        for j, v in enumerate(_VERBS):
+            p = _PLACES[(i + 3 * j) % len(_PLACES)]
+            c = _CAMERA[(i + j) % len(_CAMERA)]
+            lines.append(f"{s[0].upper()}{s[1:]} {v} {p} {c}.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def _train_tokenizer(chat_template: str):
+    """A Qwen2 tokenizer with a BPE vocabulary trained on the built-in corpus (deterministic)."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import Qwen2Tokenizer
+
+    raw = Tokenizer(BPE())
+    raw.normalizer = normalizers.NFC()
+    raw.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_BPE_VOCAB_SIZE,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+    raw.train_from_iterator(_corpus().splitlines(keepends=True), trainer=trainer)
+
+    model = json.loads(raw.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
+    for tok in _SPECIALS:  # after the BPE vocabulary, in Qwen's order
+        vocab[tok] = len(vocab)
+
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token=_IM_END,
+        pad_token=_ENDOFTEXT,
+        extra_special_tokens=[t for t in _SPECIALS if t not in (_IM_END, _ENDOFTEXT)],
+        model_max_length=32768,
+    )
+    tokenizer.chat_template = chat_template
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in _SPECIALS]
+    if ids != list(range(len(vocab) - len(_SPECIALS), len(vocab))) or len(tokenizer) != len(vocab):
+        raise RuntimeError(f"tiny tokenizer: unexpected special-token ids {ids} (vocab {len(vocab)})")
+    return tokenizer
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIALS}
+
+
+def _generation_config(tokenizer):
+    from transformers import GenerationConfig
+
+    ids = _special_ids(tokenizer)
+    return GenerationConfig(
+        bos_token_id=ids[_ENDOFTEXT],
+        eos_token_id=[ids[_IM_END], ids[_ENDOFTEXT]],
+        pad_token_id=ids[_ENDOFTEXT],
+        # structural tokens should never be generated (a real model learns this)
+        suppress_tokens=[ids[t] for t in (_IM_START, _VISION_START, _VISION_END, _IMAGE_PAD, _VIDEO_PAD)],
+    )
+
+
+def _calm_special_logits(model, tokenizer) -> None:
+    """Zero the output rows of the end tokens so a random model does not stop at once.
+
+    Random rows give logits spread around zero; a zero row sits at the median, so greedy decoding
+    never picks an end token and sampling rarely does.
+    """
+    import torch
+
+    ids = _special_ids(tokenizer)
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        for t in (_IM_END, _ENDOFTEXT):
+            head.weight[ids[t]].zero_()
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic build directories
+
+
+def is_complete(path: Path, kind: str | None = None) -> bool:
+    """True when ``path`` holds a finished build (of ``kind``, if given) by this version of the builder."""
+    marker = Path(path) / _MARKER
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return info.get("version") == _BUILD_VERSION and (kind is None or info.get("kind") == kind)
+
+
+def _build_atomically(out_dir: Path, kind: str, seed: int, fill) -> Path:
+    """Build into a temporary sibling folder, write the marker last, then move it into place."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        with _quiet_progress():
+            fill(tmp)
+        marker_tmp = tmp / (_MARKER + ".tmp")
+        marker_tmp.write_text(
+            json.dumps({"version": _BUILD_VERSION, "kind": kind, "seed": seed}, sort_keys=True) + "\n",
+            encoding="utf-8",
+        )
+        os.replace(marker_tmp, tmp / _MARKER)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            # another process moved its own (identical) build in between: keep that one
+            if not is_complete(out_dir, kind):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """No "Writing model shards" bars for these tiny saves."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed torch's CPU generator for model init, restoring the caller's RNG state afterwards."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# --------------------------------------------------------------------------------------------------
+# builders
+
+
+def build_tiny_vlm(out_dir: Path, seed: int = 0) -> Path:
+    """Build a tiny Qwen2.5-VL (model, tokenizer, image processor, chat template) in ``out_dir``.
+
+    Vision tower: depth 1, hidden 32, patch 14, 2x2 merge; images are resized to 56..112 px a side,
+    i.e. 4..16 image tokens. Language model: hidden 64, 2 layers, 4 heads (2 KV), vocab ~1.2k.
+    """
+
+    def fill(d: Path) -> None:
+        import torch
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        tokenizer = _train_tokenizer(VLM_CHAT_TEMPLATE)
+        ids = _special_ids(tokenizer)
+        config = Qwen2_5_VLConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 4096,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+                "bos_token_id": ids[_ENDOFTEXT],
+                "eos_token_id": ids[_IM_END],
+                "pad_token_id": ids[_ENDOFTEXT],
+                "use_sliding_window": False,
+            },
+            vision_config={
+                "depth": 1,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "window_size": 112,
+                "out_hidden_size": 64,
+                "fullatt_block_indexes": [0],
+                "tokens_per_second": 2,
+            },
+            image_token_id=ids[_IMAGE_PAD],
+            video_token_id=ids[_VIDEO_PAD],
+            vision_start_token_id=ids[_VISION_START],
+            vision_end_token_id=ids[_VISION_END],
+            tie_word_embeddings=False,
+        )
+        with _seeded(seed):
+            model = Qwen2_5_VLForConditionalGeneration(config)
+        model = model.to(torch.float32).eval()
+        _calm_special_logits(model, tokenizer)
+        model.generation_config = _generation_config(tokenizer)
+        model.save_pretrained(d)
+
+        tokenizer.save_pretrained(d)
+        image_processor = Qwen2VLImageProcessorPil(
+            size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+            patch_size=14,
+            temporal_patch_size=2,
+            merge_size=2,
+        )
+        image_dict = image_processor.to_dict()
+        image_dict["image_processor_type"] = "Qwen2VLImageProcessor"
+        # Written by hand: the Qwen2.5-VL processor object cannot be built (so cannot save itself)
+        # where torchvision, which its video processor needs, is missing. Where torchvision exists,
+        # AutoProcessor builds the video processor from this entry.
+        video_dict = {
+            "video_processor_type": "Qwen2VLVideoProcessor",
+            "size": {"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+            "patch_size": 14,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "min_frames": 2,
+            "max_frames": 16,
+            "do_sample_frames": False,
+            "image_mean": list(image_dict.get("image_mean", [0.48145466, 0.4578275, 0.40821073])),
+            "image_std": list(image_dict.get("image_std", [0.26862954, 0.26130258, 0.27577711])),
+        }
+        processor_dict = {
+            "processor_class": "Qwen2_5_VLProcessor",
+            "image_processor": image_dict,
+            "video_processor": video_dict,
+        }
+        (d / "processor_config.json").write_text(json.dumps(processor_dict, indent=2, sort_keys=True) + "\n")
+        (d / "chat_template.jinja").write_text(VLM_CHAT_TEMPLATE, encoding="utf-8")
+
+    return _build_atomically(out_dir, "vlm", seed, fill)
+
+
+def build_tiny_llm(out_dir: Path, seed: int = 0) -> Path:
+    """Build a tiny ``Qwen2ForCausalLM`` (hidden 64, 2 layers, vocab ~1.2k) with its tokenizer."""
+
+    def fill(d: Path) -> None:
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        tokenizer = _train_tokenizer(LLM_CHAT_TEMPLATE)
+        ids = _special_ids(tokenizer)
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            use_sliding_window=False,
+            tie_word_embeddings=False,
+            bos_token_id=ids[_ENDOFTEXT],
+            eos_token_id=ids[_IM_END],
+            pad_token_id=ids[_ENDOFTEXT],
+        )
+        with _seeded(seed):
+            model = Qwen2ForCausalLM(config)
+        model = model.to(torch.float32).eval()
+        _calm_special_logits(model, tokenizer)
+        model.generation_config = _generation_config(tokenizer)
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+
+    return _build_atomically(out_dir, "llm", seed, fill)
+
+
+def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
+    """Build a tiny ``CLIPVisionModelWithProjection`` (32 px images, 8 px patches) + image processor."""
+
+    def fill(d: Path) -> None:
+        import torch
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        config = CLIPVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            projection_dim=32,
+        )
+        with _seeded(seed):
+            model = CLIPVisionModelWithProjection(config)
+        model.to(torch.float32).eval().save_pretrained(d)
+        processor = CLIPImageProcessorPil(
+            size={"shortest_edge": 32},
+            crop_size={"height": 32, "width": 32},
+            do_center_crop=True,
+        )
+        processor.save_pretrained(d)
+
+    return _build_atomically(out_dir, "clip", seed, fill)
+
+
+_BUILDERS = {"vlm": build_tiny_vlm, "llm": build_tiny_llm, "clip": build_tiny_clip}
+
+
+def make_tiny(out_dir: Path | None = None, *, force: bool = False) -> dict[str, Path]:
+    """Build the three tiny models under ``out_dir/{vlm,llm,clip}`` (default :data:`DEFAULT_TINY_DIR`).
+
+    Complete builds are reused unless ``force``; an interrupted build has no marker and is redone.
+    Returns ``{"vlm": path, "llm": path, "clip": path}``.
+    """
+    root = Path(out_dir).expanduser() if out_dir is not None else DEFAULT_TINY_DIR
+    paths: dict[str, Path] = {}
+    for kind in TINY_KINDS:
+        path = (root / kind).resolve()
+        if force or not is_complete(path, kind):
+            _BUILDERS[kind](path, seed=0)
+        paths[kind] = path
+    return paths

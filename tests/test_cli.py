@@ -1,0 +1,100 @@
+"""The `captioner` command as a user runs it: outputs, exit codes, error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from captioner.cli import cli
+from captioner.record import load_record
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed console script's code in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "captioner.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ},
+    )
+
+
+def test_info_prints_metadata(samples_dir):
+    result = CliRunner().invoke(cli, ["info", str(samples_dir / "cockatoo.mp4")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.output)
+    assert meta["fps"] == pytest.approx(20.0) and meta["num_frames"] == 280
+    assert (meta["width"], meta["height"]) == (1280, 720)
+
+
+def test_bad_video_exits_nonzero_with_message_and_no_traceback(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(os.urandom(4096))
+    proc = run_cli("keyframes", str(bad), "--out", str(tmp_path / "kf"))
+    assert proc.returncode == 1
+    assert "broken.mp4" in proc.stderr and "error:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    debug = run_cli("--debug", "keyframes", str(bad), "--out", str(tmp_path / "kf"))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_missing_video_and_bad_config_are_clear(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["keyframes", str(tmp_path / "nope.mp4"), "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "nope.mp4" in result.output and "not found" in result.output
+    result = runner.invoke(cli, ["caption", "x.mp4", "--out", "r.json", "--set", "diffsw.pair_mode=sidebyside"])
+    assert result.exit_code == 1 and "diffsw.pair_mode" in result.output and "stacked" in result.output
+    result = runner.invoke(cli, ["caption", "x.mp4", "--out", "r.json", "--config", "nosuchpreset"])
+    assert result.exit_code == 1 and "presets:" in result.output and "tiny" in result.output
+
+
+def test_keyframes_command_writes_json_and_images(samples_dir, tmp_path):
+    out = tmp_path / "kf"
+    result = CliRunner().invoke(
+        cli, ["keyframes", str(samples_dir / "cockatoo.mp4"), "--out", str(out), "--save-images", "--set", "max_keyframes=4"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "keyframes.json").read_text())
+    kfs = data["keyframes"]
+    assert 1 <= len(kfs) <= 4
+    assert kfs[0]["similarity"] is None and all(k["similarity"] is not None for k in kfs[1:])
+    assert [k["time"] for k in kfs] == sorted(k["time"] for k in kfs)
+    images = sorted(out.glob("*.jpg"))
+    assert len(images) == len(kfs)
+
+
+def test_caption_command_end_to_end_with_tiny_models(samples_dir, tiny_models, tmp_path):
+    """The README's offline quick start: caption a sample video through the CLI with the tiny preset."""
+    out = tmp_path / "cockatoo.json"
+    proc = run_cli("caption", "samples/cockatoo.mp4", "--config", "tiny", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    record = load_record(out)
+    assert record.video.num_frames == 280 and record.video.fps == pytest.approx(20.0)
+    assert len(record.keyframes) >= 2
+    assert len(record.diff_captions) == len(record.keyframes) - 1
+    for kf, diff in zip(record.keyframes, record.diff_captions):
+        assert diff.t_start == kf.time
+    assert record.diff_captions[-1].t_end == record.keyframes[-1].time
+    assert record.first_caption.text and record.summary and all(d.text for d in record.diff_captions)
+    assert record.prompt_version == "diffsw-v1"
+    assert record.models["captioner"]["backend"] == "hf"
+    assert record.models["summarizer"]["model"] != record.models["captioner"]["model"]
+    assert record.stats["model_calls"] == {"first": 1, "diff": len(record.diff_captions), "summary": 1}
+    assert set(record.timings) >= {"keyframes_s", "first_caption_s", "diff_captions_s", "summary_s", "total_s"}
+    assert record.config["keyframes"]["threshold"] is not None  # the threshold really applied
+
+    # samples/cockatoo.diffsw.json is what this command wrote when it was shipped (same tiny models).
+    shipped = load_record(samples_dir / "cockatoo.diffsw.json")
+    assert record.without_timings() == shipped.without_timings()
+
+    # Greedy decoding: the same command gives the same record (only timings differ).
+    again = tmp_path / "again.json"
+    proc = run_cli("caption", "samples/cockatoo.mp4", "--config", "tiny", "--out", str(again))
+    assert proc.returncode == 0, proc.stderr
+    assert load_record(again).without_timings() == record.without_timings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -13,11 +14,22 @@ from captioner.backends.base import ChatBackend
 from captioner.configbase import StrictModel
 from captioner.diffsw import DiffSWConfig, DiffSWSession, frames_to_images, run_sessions
 from captioner.encoders import ImageEncoder, build_encoder
-from captioner.keyframes import KeyframeConfig, extract_keyframes
+from captioner.keyframes import KeyframeConfig, KeyframeResult, extract_keyframes
 from captioner.modelrefs import resolve_model_ref
 from captioner.prompts import load_prompts
-from captioner.record import CaptionRecord, DiffCaption, FrameCaption, KeyframeEntry, VideoMeta
-from captioner.video import open_video
+from captioner.record import CaptionRecord, ClipRange, DiffCaption, FrameCaption, KeyframeEntry, VideoMeta
+from captioner.video import ClipView, open_clip
+
+
+@dataclass
+class PreparedClip:
+    """A clip's frame work, done before any model call: keyframes and their images."""
+
+    path: str
+    keyframes: KeyframeResult
+    images: list
+    clip_range: tuple[float, float] | None
+    timings: dict[str, float]
 
 DEFAULT_VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
 DEFAULT_LLM = "Qwen/Qwen2.5-7B-Instruct"
@@ -97,21 +109,40 @@ class VideoCaptioner:
             data["keyframes"]["threshold"] = threshold_used
         return data
 
-    def caption(self, video: str | Path) -> CaptionRecord:
+    def prepare(self, video: str | Path, start: float | None = None, end: float | None = None) -> "PreparedClip":
+        """The frame work of one clip (no model calls): keyframes, then the keyframe images for the VLM."""
         cfg = self.config
-        t_start = time.perf_counter()
-        with open_video(video, backend=cfg.video_backend, max_side=cfg.keyframes.max_side) as reader:
+        t0 = time.perf_counter()
+        with open_clip(video, start, end, backend=cfg.video_backend, max_side=cfg.keyframes.max_side) as reader:
             kf = extract_keyframes(reader, cfg.keyframes, encoder=self.encoder)
-        t_keyframes = time.perf_counter()
+            clip_range = (reader.clip_start, reader.clip_end) if isinstance(reader, ClipView) else None
+        t1 = time.perf_counter()
         indices = [k.index for k in kf.keyframes]
-        with open_video(video, backend=cfg.video_backend, max_side=cfg.diffsw.frame_max_side) as reader:
+        with open_clip(video, start, end, backend=cfg.video_backend, max_side=cfg.diffsw.frame_max_side) as reader:
             images = frames_to_images(reader.read_indices(indices))
-        t_frames = time.perf_counter()
-        times = [k.time for k in kf.keyframes]
-        session = DiffSWSession(images, times, kf.video.duration, self.prompts, cfg.diffsw)
+        t2 = time.perf_counter()
+        return PreparedClip(str(video), kf, images, clip_range, {"keyframes_s": t1 - t0, "frames_s": t2 - t1})
+
+    def session(self, prepared: "PreparedClip") -> DiffSWSession:
+        times = [k.time for k in prepared.keyframes.keyframes]
+        return DiffSWSession(prepared.images, times, prepared.keyframes.video.duration, self.prompts, self.config.diffsw)
+
+    def caption(self, video: str | Path, start: float | None = None, end: float | None = None) -> CaptionRecord:
+        """Caption a video, or its ``[start, end)`` range (times in the record are then relative to the clip)."""
+        prepared = self.prepare(video, start, end)
+        session = self.session(prepared)
         run_sessions([session], self.captioner, self.summarizer)
-        t_end = time.perf_counter()
+        return self.record(prepared, session)
+
+    def record(self, prepared: "PreparedClip", session: DiffSWSession) -> CaptionRecord:
+        """The caption record of a finished session."""
+        cfg = self.config
+        kf = prepared.keyframes
+        video = prepared.path
         info = kf.video
+        times = [k.time for k in kf.keyframes]
+        indices = [k.index for k in kf.keyframes]
+        model_s = sum(session.stage_seconds.values())
         return CaptionRecord(
             video=VideoMeta(
                 path=str(video),
@@ -123,6 +154,7 @@ class VideoCaptioner:
                 height=info.height,
                 codec=info.codec,
             ),
+            clip=None if prepared.clip_range is None else ClipRange(start=prepared.clip_range[0], end=prepared.clip_range[1]),
             keyframes=[KeyframeEntry(index=k.index, time=k.time, similarity=k.similarity) for k in kf.keyframes],
             first_caption=FrameCaption(time=times[0], text=session.first_caption or ""),
             diff_captions=[
@@ -139,12 +171,12 @@ class VideoCaptioner:
             config=self._recorded_config(kf.config.get("threshold_used")),
             stats={"keyframes": len(indices), "candidates": kf.candidates, "model_calls": dict(session.model_calls)},
             timings={
-                "keyframes_s": round(t_keyframes - t_start, 4),
-                "frames_s": round(t_frames - t_keyframes, 4),
+                "keyframes_s": round(prepared.timings["keyframes_s"], 4),
+                "frames_s": round(prepared.timings["frames_s"], 4),
                 "first_caption_s": round(session.stage_seconds["first"], 4),
                 "diff_captions_s": round(session.stage_seconds["diff"], 4),
                 "summary_s": round(session.stage_seconds["summary"], 4),
-                "total_s": round(t_end - t_start, 4),
+                "total_s": round(prepared.timings["keyframes_s"] + prepared.timings["frames_s"] + model_s, 4),
             },
         )
 

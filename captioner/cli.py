@@ -14,42 +14,9 @@ from pathlib import Path
 
 import click
 
+from captioner.clitools import config_options, resolve_config
 from captioner.configbase import load_config
 from captioner.errors import CaptionerError
-
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def resolve_config(command: str, value: str | None) -> Path | None:
-    """``--config`` takes a file path or a preset name (``tiny`` -> ``configs/<command>/tiny.yaml``)."""
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    if path.is_file() or value.endswith((".yaml", ".yml")) or "/" in value:
-        return path
-    preset = CONFIGS_DIR / command / f"{value}.yaml"
-    if preset.is_file():
-        return preset
-    known = sorted(p.stem for p in (CONFIGS_DIR / command).glob("*.yaml"))
-    raise CaptionerError(
-        f"config {value!r}: no such file, and no preset of that name for '{command}'"
-        + (f" (presets: {', '.join(known)})" if known else "")
-    )
-
-
-def config_options(func):
-    func = click.option(
-        "--set",
-        "overrides",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Override a config value, e.g. --set keyframes.threshold=0.9 (repeatable; values are YAML).",
-    )(func)
-    func = click.option(
-        "--config", "config", metavar="PATH|PRESET", help="YAML config file or preset name (e.g. tiny)."
-    )(func)
-    return func
-
 
 class _Group(click.Group):
     """Turns project errors into a one-line message and exit status 1 (traceback with --debug)."""
@@ -141,6 +108,21 @@ def make_tiny_cmd(out_dir: Path | None, out: Path | None, force: bool) -> None:
     paths = make_tiny(out_dir or out or tiny_dir(), force=force)
     for name, path in sorted(paths.items()):
         click.echo(f"{name}: {path}")
+
+
+def _register_command_modules() -> None:
+    """Add the commands defined in ``captioner/commands/*.py`` (each module exposes ``command``)."""
+    import importlib
+    import pkgutil
+
+    from captioner import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"captioner.commands.{info.name}")
+        cli.add_command(module.command)
+
+
+_register_command_modules()
 
 
 def main() -> None:

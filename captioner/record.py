@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,6 +34,14 @@ class VideoMeta(_Model):
     codec: str | None = None
 
 
+class ClipRange(_Model):
+    """The part of the video a record covers, in seconds of the source file. Keyframe and caption
+    times in the record are relative to ``start`` (the clip's first frame is at 0)."""
+
+    start: float
+    end: float
+
+
 class KeyframeEntry(_Model):
     index: int
     time: float
@@ -53,10 +61,14 @@ class DiffCaption(_Model):
 
 class CaptionRecord(_Model):
     schema_version: int = RECORD_SCHEMA_VERSION
+    mode: Literal["diffsw", "grid"] = "diffsw"
     video: VideoMeta
+    clip: ClipRange | None = None
+    clip_key: str | None = None
+    config_key: str | None = None
     keyframes: list[KeyframeEntry]
-    first_caption: FrameCaption
-    diff_captions: list[DiffCaption]
+    first_caption: FrameCaption | None = None  # None in grid mode
+    diff_captions: list[DiffCaption] = Field(default_factory=list)
     summary: str
     models: dict[str, Any] = Field(default_factory=dict)
     prompt_version: str

@@ -944,3 +944,58 @@ def probe_video(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     """Metadata of a video (frame count and times checked against what really decodes)."""
     with open_video(path, backend=backend) as reader:
         return reader.info
+
+
+class ClipView(VideoReader):
+    """A time range ``[start, end)`` of an open reader, seen as a video of its own.
+
+    Indices run ``0 .. n-1`` over the frames whose start time lies in the range, times are relative
+    to the range's first frame (so a clip's first keyframe is at 0), and reads go to the base reader.
+    Closing the view closes the base reader when ``owns_base`` is true.
+    """
+
+    def __init__(self, base: VideoReader, start: float | None = None, end: float | None = None, owns_base: bool = False):
+        super().__init__(base.path, base.info.size_bytes)
+        self.backend = base.backend
+        self.base = base
+        self.owns_base = owns_base
+        times = base._times
+        lo_t = 0.0 if start is None else float(start)
+        hi_t = base.duration if end is None else float(end)
+        if not (math.isfinite(lo_t) and math.isfinite(hi_t)) or lo_t < 0 or hi_t <= lo_t:
+            raise VideoError(base.path, f"clip range {lo_t:.3f}..{hi_t:.3f}s is empty or invalid")
+        if lo_t >= base.duration:
+            raise VideoError(base.path, f"clip starts at {lo_t:.3f}s, after the end of the video ({base.duration:.3f}s)")
+        tol = 1e-6
+        lo = int(np.searchsorted(times, lo_t - tol, side="left"))
+        hi = int(np.searchsorted(times, hi_t - tol, side="left"))
+        if hi <= lo:
+            raise VideoError(base.path, f"clip range {lo_t:.3f}..{hi_t:.3f}s holds no frame")
+        self._offset = lo
+        self.clip_start = float(times[lo])
+        self.clip_end = min(hi_t, base.duration)
+        last = (times[hi] - times[hi - 1]) if hi < times.size else (base.duration - times[hi - 1])
+        self._set_table(times[lo:hi], float(last), base.info.fps)
+        bi = base.info
+        self._width, self._height, self._codec = bi.width, bi.height, bi.codec
+        self.output_size = base.output_size
+
+    def _decode_into(self, indices: list[int], out: np.ndarray) -> None:
+        out[:] = self.base.read_indices([i + self._offset for i in indices])
+
+    def _release(self) -> None:
+        if self.owns_base:
+            self.base.close()
+
+
+def open_clip(path: str | os.PathLike, start: float | None = None, end: float | None = None,
+              backend: str = "auto", max_side: int | None = None) -> VideoReader:
+    """Open a video, or the ``[start, end)`` range of it when either bound is given."""
+    reader = open_video(path, backend=backend, max_side=max_side)
+    if start is None and end is None:
+        return reader
+    try:
+        return ClipView(reader, start, end, owns_base=True)
+    except BaseException:
+        reader.close()
+        raise

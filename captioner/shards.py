@@ -1,0 +1,125 @@
+"""Sharded JSONL output of corpus runs: append-only, crash-safe, resumable.
+
+Layout of a run folder::
+
+    DIR/run.json              the run's config and config key (written first)
+    DIR/records/part-*.jsonl  one caption record per line (CaptionRecord JSON)
+    DIR/errors.jsonl          one line per failed clip: path, clip, stage, error
+    DIR/summary.json          counts, throughput and per-stage wall time (rewritten as the run goes)
+
+Every line is written with a single ``write`` of the whole line followed by flush + fsync, so a
+killed process leaves at most one partial line at the end of a file; readers skip such a line and
+writers cut it off before appending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from captioner.errors import CaptionerError
+from captioner.record import CaptionRecord
+
+RECORDS_DIR = "records"
+ERRORS_FILE = "errors.jsonl"
+
+
+def _complete_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every newline-terminated line; a trailing partial line is ignored."""
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.endswith(b"\n"):
+                return  # partial last line of a killed writer
+            text = raw.decode("utf-8", errors="replace").strip()
+            if text:
+                yield n, text
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Objects of a JSONL file written by :class:`JsonlAppender` (a torn last line is skipped)."""
+    path = Path(path)
+    for n, text in _complete_lines(path):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CaptionerError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        yield obj
+
+
+def record_files(run_dir: str | Path) -> list[Path]:
+    return sorted((Path(run_dir) / RECORDS_DIR).glob("part-*.jsonl"))
+
+
+def iter_records(run_dir: str | Path) -> Iterator[CaptionRecord]:
+    """Every caption record of a run folder (or of a single JSONL/JSON record file), in file order."""
+    path = Path(run_dir)
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            for obj in iter_jsonl(path):
+                yield CaptionRecord.model_validate(obj)
+        else:
+            from captioner.record import load_record
+
+            yield load_record(path)
+        return
+    if not path.is_dir():
+        raise CaptionerError(f"{path}: no such run folder or record file")
+    files = record_files(path)
+    if not files:
+        raise CaptionerError(f"{path}: no records found (expected {RECORDS_DIR}/part-*.jsonl from `captioner run`)")
+    for f in files:
+        for obj in iter_jsonl(f):
+            yield CaptionRecord.model_validate(obj)
+
+
+class JsonlAppender:
+    """Appends whole lines to a JSONL file, durably; repairs a torn last line on open."""
+
+    def __init__(self, path: str | Path, fsync: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        _truncate_partial_tail(self.path)
+        self._fh = self.path.open("ab")
+
+    def append(self, obj: dict[str, Any]) -> None:
+        line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        self._fh.write(line)
+        self._fh.flush()
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _truncate_partial_tail(path: Path) -> None:
+    """Cut a partial last line (no trailing newline) left by a killed writer."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        pos = size
+        chunk = 4096
+        while pos > 0:
+            step = min(chunk, pos)
+            fh.seek(pos - step)
+            data = fh.read(step)
+            if pos == size and data.endswith(b"\n"):
+                return
+            nl = data.rfind(b"\n")
+            if nl >= 0:
+                fh.truncate(pos - step + nl + 1)
+                return
+            pos -= step
+        fh.truncate(0)

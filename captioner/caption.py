@@ -1,35 +1,34 @@
-"""Caption one video end to end: keyframes -> DiffSW -> caption record."""
+"""Caption one video end to end: keyframes -> DiffSW -> caption record.
+
+The work splits in two halves that corpus runs put in different processes:
+
+- :class:`ClipPreparer` does the frame work (decode, keyframes, keyframe images): CPU-bound, no
+  language model;
+- :class:`VideoCaptioner` holds the language models, turns prepared clips into DiffSW sessions and
+  finished sessions into :class:`CaptionRecord` objects.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from captioner.backends import BackendConfig, HFBackendConfig, build_backend
 from captioner.backends.base import ChatBackend
 from captioner.configbase import StrictModel
+from captioner.errors import VideoError
 from captioner.diffsw import DiffSWConfig, DiffSWSession, frames_to_images, run_sessions
 from captioner.encoders import ImageEncoder, build_encoder
+from captioner.grid import GridConfig, GridSession, load_grid_prompts, sample_grid_frames
 from captioner.keyframes import KeyframeConfig, KeyframeResult, extract_keyframes
 from captioner.modelrefs import resolve_model_ref
 from captioner.prompts import load_prompts
 from captioner.record import CaptionRecord, ClipRange, DiffCaption, FrameCaption, KeyframeEntry, VideoMeta
-from captioner.video import ClipView, open_clip
-
-
-@dataclass
-class PreparedClip:
-    """A clip's frame work, done before any model call: keyframes and their images."""
-
-    path: str
-    keyframes: KeyframeResult
-    images: list
-    clip_range: tuple[float, float] | None
-    timings: dict[str, float]
+from captioner.video import ClipView, VideoInfo, open_clip
 
 DEFAULT_VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
 DEFAULT_LLM = "Qwen/Qwen2.5-7B-Instruct"
@@ -45,13 +44,17 @@ class CaptionConfig(StrictModel):
         None, description="text model for the summary; null = the captioner model summarises too"
     )
     diffsw: DiffSWConfig = Field(default_factory=DiffSWConfig)
+    mode: Literal["diffsw", "grid"] = Field(
+        "diffsw", description="diffsw: keyframes + differential captions + summary; grid: one VLM call on a frame grid"
+    )
+    grid: GridConfig = Field(default_factory=GridConfig)
 
 
 def _with_resolved_model(cfg):
     return cfg.model_copy(update={"model": resolve_model_ref(cfg.model)})
 
 
-def _describe(component, ref: str | None) -> dict:
+def _describe(component: Any, ref: str | None) -> dict:
     """A component's description, with ``model`` as the config names it (``tiny://vlm``, a hub id,
     a path), so records do not depend on where the tiny-model folder happens to be."""
     info = dict(component.describe())
@@ -60,8 +63,76 @@ def _describe(component, ref: str | None) -> dict:
     return info
 
 
+@dataclass
+class PreparedClip:
+    """A clip's frame work, done before any model call: the frames for the VLM, their indices and
+    real times, and (DiffSW mode) the keyframe selection."""
+
+    path: str
+    video: VideoInfo
+    images: list
+    indices: list[int]
+    times: list[float]
+    clip_range: tuple[float, float] | None
+    timings: dict[str, float]
+    keyframes: KeyframeResult | None = None  # DiffSW mode
+    encoder: dict | None = None
+
+
+class ClipPreparer:
+    """Decodes a clip, selects its keyframes and reads their images (no language model)."""
+
+    def __init__(self, config: CaptionConfig, encoder: ImageEncoder | None = None):
+        self.config = config
+        enc_cfg = config.keyframes.encoder
+        self._encoder_ref = getattr(enc_cfg, "model", None) if encoder is None else None
+        if encoder is None and self._encoder_ref:
+            enc_cfg = _with_resolved_model(enc_cfg)
+        self.encoder = encoder or build_encoder(enc_cfg)
+
+    def prepare(
+        self, video: str | Path, start: float | None = None, end: float | None = None, min_duration: float | None = None
+    ) -> PreparedClip:
+        """Keyframes and their images; a clip shorter than ``min_duration`` seconds is a VideoError."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        side = cfg.grid.tile_max_side if cfg.mode == "grid" else cfg.keyframes.max_side
+        with open_clip(video, start, end, backend=cfg.video_backend, max_side=side) as reader:
+            if min_duration is not None and reader.duration < min_duration:
+                raise VideoError(
+                    str(video), f"too short: {reader.duration:.2f}s, less than the minimum of {min_duration:g}s"
+                )
+            clip_range = (reader.clip_start, reader.clip_end) if isinstance(reader, ClipView) else None
+            if cfg.mode == "grid":
+                frames, indices, times = sample_grid_frames(reader, cfg.grid)
+                return PreparedClip(
+                    path=str(video), video=reader.info, images=list(frames), indices=list(indices), times=list(times),
+                    clip_range=clip_range, timings={"keyframes_s": 0.0, "frames_s": time.perf_counter() - t0},
+                )
+            kf = extract_keyframes(reader, cfg.keyframes, encoder=self.encoder)
+        t1 = time.perf_counter()
+        indices = [k.index for k in kf.keyframes]
+        with open_clip(video, start, end, backend=cfg.video_backend, max_side=cfg.diffsw.frame_max_side) as reader:
+            images = frames_to_images(reader.read_indices(indices))
+        t2 = time.perf_counter()
+        return PreparedClip(
+            path=str(video),
+            video=kf.video,
+            images=images,
+            indices=indices,
+            times=[k.time for k in kf.keyframes],
+            clip_range=clip_range,
+            timings={"keyframes_s": t1 - t0, "frames_s": t2 - t1},
+            keyframes=kf,
+            encoder=_describe(self.encoder, self._encoder_ref),
+        )
+
+
 class VideoCaptioner:
-    """Loads the encoder and models once, then captions any number of videos."""
+    """Loads the language models once, then captions any number of videos or prepared clips.
+
+    ``prepare=False`` skips loading the keyframe encoder (when another process prepares clips).
+    """
 
     def __init__(
         self,
@@ -70,19 +141,17 @@ class VideoCaptioner:
         captioner: ChatBackend | None = None,
         summarizer: ChatBackend | None = None,
         encoder: ImageEncoder | None = None,
+        prepare: bool = True,
     ):
         self.config = config
+        self.prompts = load_prompts(config.diffsw.prompts)
+        self.grid_prompts = load_grid_prompts(config.grid.prompts) if config.mode == "grid" else None
+        self.preparer = ClipPreparer(config, encoder) if prepare else None
         summ_cfg = config.summarizer or config.captioner
         self._refs = {
             "captioner": config.captioner.model if captioner is None else None,
             "summarizer": summ_cfg.model if summarizer is None and (config.summarizer or captioner is None) else None,
-            "encoder": getattr(config.keyframes.encoder, "model", None) if encoder is None else None,
         }
-        self.prompts = load_prompts(config.diffsw.prompts)
-        enc_cfg = config.keyframes.encoder
-        if encoder is None and getattr(enc_cfg, "model", None):
-            enc_cfg = _with_resolved_model(enc_cfg)
-        self.encoder = encoder or build_encoder(enc_cfg)
         self.captioner = captioner or build_backend(_with_resolved_model(config.captioner))
         if summarizer is not None:
             self.summarizer = summarizer
@@ -90,6 +159,10 @@ class VideoCaptioner:
             self.summarizer = build_backend(_with_resolved_model(config.summarizer))
         else:
             self.summarizer = self.captioner
+        self.models = {
+            "captioner": _describe(self.captioner, self._refs["captioner"]),
+            "summarizer": _describe(self.summarizer, self._refs["summarizer"]),
+        }
 
     def close(self) -> None:
         self.captioner.close()
@@ -102,30 +175,18 @@ class VideoCaptioner:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _recorded_config(self, threshold_used: float | None) -> dict:
-        """The config as it was applied: the keyframe threshold the encoder's default resolved to."""
-        data = self.config.model_dump(mode="json")
-        if threshold_used is not None:
-            data["keyframes"]["threshold"] = threshold_used
-        return data
+    def prepare(self, video: str | Path, start: float | None = None, end: float | None = None) -> PreparedClip:
+        if self.preparer is None:
+            raise RuntimeError("this VideoCaptioner was built with prepare=False")
+        return self.preparer.prepare(video, start, end)
 
-    def prepare(self, video: str | Path, start: float | None = None, end: float | None = None) -> "PreparedClip":
-        """The frame work of one clip (no model calls): keyframes, then the keyframe images for the VLM."""
-        cfg = self.config
-        t0 = time.perf_counter()
-        with open_clip(video, start, end, backend=cfg.video_backend, max_side=cfg.keyframes.max_side) as reader:
-            kf = extract_keyframes(reader, cfg.keyframes, encoder=self.encoder)
-            clip_range = (reader.clip_start, reader.clip_end) if isinstance(reader, ClipView) else None
-        t1 = time.perf_counter()
-        indices = [k.index for k in kf.keyframes]
-        with open_clip(video, start, end, backend=cfg.video_backend, max_side=cfg.diffsw.frame_max_side) as reader:
-            images = frames_to_images(reader.read_indices(indices))
-        t2 = time.perf_counter()
-        return PreparedClip(str(video), kf, images, clip_range, {"keyframes_s": t1 - t0, "frames_s": t2 - t1})
-
-    def session(self, prepared: "PreparedClip") -> DiffSWSession:
-        times = [k.time for k in prepared.keyframes.keyframes]
-        return DiffSWSession(prepared.images, times, prepared.keyframes.video.duration, self.prompts, self.config.diffsw)
+    def session(self, prepared: PreparedClip) -> DiffSWSession | GridSession:
+        duration = prepared.video.duration
+        if self.config.mode == "grid":
+            session = GridSession(prepared.images, prepared.times, duration, self.grid_prompts, self.config.grid)
+            session.indices = prepared.indices
+            return session
+        return DiffSWSession(prepared.images, prepared.times, duration, self.prompts, self.config.diffsw)
 
     def caption(self, video: str | Path, start: float | None = None, end: float | None = None) -> CaptionRecord:
         """Caption a video, or its ``[start, end)`` range (times in the record are then relative to the clip)."""
@@ -134,18 +195,43 @@ class VideoCaptioner:
         run_sessions([session], self.captioner, self.summarizer)
         return self.record(prepared, session)
 
-    def record(self, prepared: "PreparedClip", session: DiffSWSession) -> CaptionRecord:
+    def recorded_config(self, threshold_used: float | None) -> dict:
+        """The config as it was applied: the keyframe threshold the encoder's default resolved to."""
+        data = self.config.model_dump(mode="json")
+        if threshold_used is not None:
+            data["keyframes"]["threshold"] = threshold_used
+        return data
+
+    def record(self, prepared: PreparedClip, session: DiffSWSession | GridSession) -> CaptionRecord:
         """The caption record of a finished session."""
-        cfg = self.config
+        info = prepared.video
+        times = prepared.times
         kf = prepared.keyframes
-        video = prepared.path
-        info = kf.video
-        times = [k.time for k in kf.keyframes]
-        indices = [k.index for k in kf.keyframes]
+        grid = self.config.mode == "grid"
         model_s = sum(session.stage_seconds.values())
+        frame_s = prepared.timings["keyframes_s"] + prepared.timings["frames_s"]
+        if grid:
+            keyframes = [KeyframeEntry(index=i, time=t) for i, t in zip(prepared.indices, times)]
+            first, diffs = None, []
+        else:
+            keyframes = [KeyframeEntry(index=k.index, time=k.time, similarity=k.similarity) for k in kf.keyframes]
+            first = FrameCaption(time=times[0], text=session.first_caption or "")
+            diffs = [
+                DiffCaption(t_start=times[i], t_end=times[i + 1], text=text or "")
+                for i, text in enumerate(session.diff_captions)
+            ]
+        models = dict(self.models)
+        if prepared.encoder is not None:
+            models["encoder"] = prepared.encoder
+        if grid:
+            models.pop("summarizer", None)  # the captioner writes the one caption
+        stats: dict[str, Any] = {"keyframes": len(times), "model_calls": dict(session.model_calls)}
+        if kf is not None:
+            stats["candidates"] = kf.candidates
         return CaptionRecord(
+            mode=self.config.mode,
             video=VideoMeta(
-                path=str(video),
+                path=prepared.path,
                 size_bytes=info.size_bytes,
                 fps=info.fps,
                 num_frames=info.num_frames,
@@ -155,28 +241,21 @@ class VideoCaptioner:
                 codec=info.codec,
             ),
             clip=None if prepared.clip_range is None else ClipRange(start=prepared.clip_range[0], end=prepared.clip_range[1]),
-            keyframes=[KeyframeEntry(index=k.index, time=k.time, similarity=k.similarity) for k in kf.keyframes],
-            first_caption=FrameCaption(time=times[0], text=session.first_caption or ""),
-            diff_captions=[
-                DiffCaption(t_start=times[i], t_end=times[i + 1], text=text or "")
-                for i, text in enumerate(session.diff_captions)
-            ],
+            keyframes=keyframes,
+            first_caption=first,
+            diff_captions=diffs,
             summary=session.summary or "",
-            models={
-                "captioner": _describe(self.captioner, self._refs["captioner"]),
-                "summarizer": _describe(self.summarizer, self._refs["summarizer"]),
-                "encoder": _describe(self.encoder, self._refs["encoder"]),
-            },
-            prompt_version=self.prompts["version"],
-            config=self._recorded_config(kf.config.get("threshold_used")),
-            stats={"keyframes": len(indices), "candidates": kf.candidates, "model_calls": dict(session.model_calls)},
+            models=models,
+            prompt_version=self.grid_prompts["version"] if grid else self.prompts["version"],
+            config=self.recorded_config(kf.config.get("threshold_used") if kf is not None else None),
+            stats=stats,
             timings={
                 "keyframes_s": round(prepared.timings["keyframes_s"], 4),
                 "frames_s": round(prepared.timings["frames_s"], 4),
                 "first_caption_s": round(session.stage_seconds["first"], 4),
                 "diff_captions_s": round(session.stage_seconds["diff"], 4),
                 "summary_s": round(session.stage_seconds["summary"], 4),
-                "total_s": round(prepared.timings["keyframes_s"] + prepared.timings["frames_s"] + model_s, 4),
+                "total_s": round(frame_s + model_s, 4),
             },
         )
 

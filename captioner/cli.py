@@ -76,18 +76,23 @@ def keyframes(video: Path, out_dir: Path, config: str | None, overrides: tuple[s
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Record file (.json).")
 @config_options
-def caption(video: Path, out_path: Path, config: str | None, overrides: tuple[str, ...]) -> None:
-    """Caption one video with DiffSW; writes one JSON record."""
+@click.option("--mode", type=click.Choice(["diffsw", "grid"]), help="diffsw (default) or grid: one VLM call on a frame grid.")
+def caption(video: Path, out_path: Path, config: str | None, overrides: tuple[str, ...], mode: str | None) -> None:
+    """Caption one video with DiffSW (or grid mode); writes one JSON record."""
     from captioner.caption import CaptionConfig, caption_video
     from captioner.record import save_record
 
-    cfg = load_config(CaptionConfig, resolve_config("caption", config), overrides)
+    extra = [*overrides, f"mode={mode}"] if mode else list(overrides)
+    cfg = load_config(CaptionConfig, resolve_config("caption", config), extra)
     record = caption_video(video, cfg)
     save_record(record, out_path)
-    click.echo(
-        f"{len(record.keyframes)} keyframes, {len(record.diff_captions)} differential captions "
-        f"in {record.timings.get('total_s', 0):.1f}s"
-    )
+    if record.mode == "grid":
+        click.echo(f"grid of {len(record.keyframes)} frames in {record.timings.get('total_s', 0):.1f}s")
+    else:
+        click.echo(
+            f"{len(record.keyframes)} keyframes, {len(record.diff_captions)} differential captions "
+            f"in {record.timings.get('total_s', 0):.1f}s"
+        )
     click.echo(f"summary: {record.summary[:300]}{'…' if len(record.summary) > 300 else ''}")
     click.echo(f"wrote {out_path}")
 

@@ -81,7 +81,7 @@ class JsonlAppender:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
-        _truncate_partial_tail(self.path)
+        repair_partial_tail(self.path)
         self._fh = self.path.open("ab")
 
     def append(self, obj: dict[str, Any]) -> None:
@@ -102,7 +102,7 @@ class JsonlAppender:
         self.close()
 
 
-def _truncate_partial_tail(path: Path) -> None:
+def repair_partial_tail(path: Path) -> None:
     """Cut a partial last line (no trailing newline) left by a killed writer."""
     if not path.exists() or path.stat().st_size == 0:
         return

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -38,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from captioner.errors import VideoError
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav")
 DEFAULT_NUM_THREADS = 2
@@ -52,6 +55,9 @@ PYAV_CODECS = frozenset({"vp8", "gif"})
 MAX_TAIL_PROBES = 12
 # tolerance (seconds) when matching decord's float32 timestamps to PyAV's
 _TS_TOL = 2e-3
+# Mean absolute difference (0-255) above which decord's and PyAV's decode of one frame disagree;
+# different scalers differ by ~1-3, a wrong frame by tens.
+SEEK_CHECK_MAX_DIFF = 12.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,6 +329,9 @@ class _Unusable(Exception):
 class _AVSource:
     """A PyAV container and its first video stream, with error-tolerant seeking and decoding."""
 
+    corrupt_after_seek = False  # a frame decoded since the last seek was flagged corrupt
+    seeked = False
+
     def __init__(self, path: str, num_threads: int) -> None:
         self.av = _import_av()
         if self.av is None:
@@ -424,6 +433,8 @@ class _AVSource:
         """Decoded frames starting at the keyframe at or before ``pts`` (None: from the file start)."""
         av = self.av
         self._stop_gen()
+        self.corrupt_after_seek = False
+        self.seeked = pts is not None
         if pts is None:
             if not self._fresh:
                 self.reopen()
@@ -446,7 +457,10 @@ class _AVSource:
                 except (av.FFmpegError, EOFError) as e:
                     self.last_error = _av_msg(e)
                     continue
-                yield from frames
+                for fr in frames:
+                    if self.seeked and getattr(fr, "is_corrupt", False):
+                        self.corrupt_after_seek = True
+                    yield fr
             return
         except (av.FFmpegError, EOFError) as e:
             self.last_error = _av_msg(e)
@@ -638,6 +652,16 @@ class PyAVReader(VideoReader):
         if self._sequential:
             self._decode_sequential(indices, out)
             return
+        self._decode_seeking(indices, out)
+        if self._src.corrupt_after_seek:
+            # The decoder flagged frames as corrupt after a seek: the file's keyframes are not clean
+            # restart points (non-IDR I-frames referenced across). Seeking gives wrong frames here, so
+            # this reader decodes from the start from now on.
+            log.info("%s: frames decoded after a seek are corrupt; reading it sequentially", self.path)
+            self._sequential = True
+            self._decode_sequential(indices, out)
+
+    def _decode_seeking(self, indices: list[int], out: np.ndarray) -> None:
         src = self._src
         src.last_error = None
         it = None  # frames decoding forward from the last seek
@@ -802,6 +826,32 @@ class DecordReader(VideoReader):
         ts = ts[:n]
         last = float(ts[-1, 1] - ts[-1, 0])
         self._set_table(ts[:, 0], last if last > 0 else None, float(vr.get_avg_fps() or 0) or None)
+        if self._strict and src is not None:
+            self._verify_seek()
+
+    def _verify_seek(self) -> None:
+        """Check one frame that decord reaches by seeking against PyAV's decode of it.
+
+        decord returns wrong (grey, smeared) frames after a seek on some real H.264 files that PyAV
+        and ffmpeg decode correctly (samples/cockatoo.mp4 is one): its seek lands on a packet that
+        is flagged as a keyframe but does not restart decoding cleanly. One frame in the middle of
+        the last keyframe group is decoded both ways; in auto mode a mismatch moves the file to PyAV.
+        """
+        n = self.num_frames
+        keys = [int(k) for k in np.asarray(self._vr.get_key_indices()).ravel() if 0 < int(k) < n]
+        if not keys:
+            return  # a single keyframe group: no seek ever happens
+        j = keys[-1] + (n - 1 - keys[-1]) // 2
+        got = self._vr.get_batch([j])
+        got = got.asnumpy() if hasattr(got, "asnumpy") else np.asarray(got)
+        self._vr.seek(0)
+        try:
+            ref = self._read_with_pyav([j])
+        except VideoError:
+            return  # PyAV cannot check it; keep decord's answer
+        diff = float(np.abs(got[0].astype(np.int16) - ref[0].astype(np.int16)).mean())
+        if diff > SEEK_CHECK_MAX_DIFF:
+            self._unreliable(f"decord's frame {j} after a seek differs from PyAV's (mean abs diff {diff:.1f})")
 
     def _unreliable(self, why: str) -> None:
         if self._strict:

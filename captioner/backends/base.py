@@ -11,6 +11,7 @@ concatenate consecutive text parts.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,23 @@ class ChatBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model / connections. Safe to call more than once."""
+
+    # -- usage accounting (for pricing a corpus) -------------------------------------------------
+    def _count_usage(self, requests: int, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        """Add to the running totals; implementations call this after each answered request batch."""
+        lock = self.__dict__.setdefault("_usage_lock", threading.Lock())
+        with lock:
+            usage = self.__dict__.setdefault("_usage", {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
+            usage["requests"] += requests
+            usage["prompt_tokens"] += int(prompt_tokens or 0)
+            usage["completion_tokens"] += int(completion_tokens or 0)
+
+    def usage(self) -> dict[str, int]:
+        """Totals since the backend was built: answered requests, prompt and generated tokens
+        (as counted by the model's tokenizer, or as reported by the server)."""
+        lock = self.__dict__.setdefault("_usage_lock", threading.Lock())
+        with lock:
+            return dict(self.__dict__.get("_usage", {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}))
 
     def __enter__(self) -> ChatBackend:
         return self

@@ -302,6 +302,10 @@ class HFBackend(ChatBackend):
             ) from exc
         new_tokens = out[:, prompt_len:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        pad_id = self.tokenizer.pad_token_id
+        prompt_tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel())
+        generated = int((new_tokens != pad_id).sum()) if pad_id is not None else int(new_tokens.numel())
+        self._count_usage(len(chunk), prompt_tokens, generated)
         return [t.strip() for t in texts]
 
 

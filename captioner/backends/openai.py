@@ -291,6 +291,8 @@ class OpenAIBackend(ChatBackend):
             )
         if choices[0].get("finish_reason") == "length":
             log.debug("openai backend: a reply was cut at max_tokens")
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        self._count_usage(1, usage.get("prompt_tokens"), usage.get("completion_tokens"))
         info = {k: data[k] for k in ("model", "system_fingerprint") if isinstance(data.get(k), str)}
         if info:
             with self._lock:

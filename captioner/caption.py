@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from PIL import Image
 from pydantic import Field
 
 from captioner.backends import BackendConfig, HFBackendConfig, build_backend
@@ -96,24 +97,28 @@ class ClipPreparer:
         """Keyframes and their images; a clip shorter than ``min_duration`` seconds is a VideoError."""
         cfg = self.config
         t0 = time.perf_counter()
-        side = cfg.grid.tile_max_side if cfg.mode == "grid" else cfg.keyframes.max_side
+        grid = cfg.mode == "grid"
+        side = cfg.grid.tile_max_side if grid else _larger_side(cfg.keyframes.max_side, cfg.diffsw.frame_max_side)
+        # One reader serves keyframe selection and the keyframe images (the encoders resize for
+        # themselves), and its frame cache makes the second read free: one decoding pass per clip.
         with open_clip(video, start, end, backend=cfg.video_backend, max_side=side) as reader:
             if min_duration is not None and reader.duration < min_duration:
                 raise VideoError(
                     str(video), f"too short: {reader.duration:.2f}s, less than the minimum of {min_duration:g}s"
                 )
             clip_range = (reader.clip_start, reader.clip_end) if isinstance(reader, ClipView) else None
-            if cfg.mode == "grid":
+            if grid:
                 frames, indices, times = sample_grid_frames(reader, cfg.grid)
                 return PreparedClip(
                     path=str(video), video=reader.info, images=list(frames), indices=list(indices), times=list(times),
                     clip_range=clip_range, timings={"keyframes_s": 0.0, "frames_s": time.perf_counter() - t0},
                 )
+            reader.enable_cache(FRAME_CACHE_BYTES)
             kf = extract_keyframes(reader, cfg.keyframes, encoder=self.encoder)
-        t1 = time.perf_counter()
-        indices = [k.index for k in kf.keyframes]
-        with open_clip(video, start, end, backend=cfg.video_backend, max_side=cfg.diffsw.frame_max_side) as reader:
-            images = frames_to_images(reader.read_indices(indices))
+            t1 = time.perf_counter()
+            indices = [k.index for k in kf.keyframes]
+            frames = reader.read_indices(indices)
+        images = [_fit(img, cfg.diffsw.frame_max_side) for img in frames_to_images(frames)]
         t2 = time.perf_counter()
         return PreparedClip(
             path=str(video),
@@ -126,6 +131,22 @@ class ClipPreparer:
             keyframes=kf,
             encoder=_describe(self.encoder, self._encoder_ref),
         )
+
+
+FRAME_CACHE_BYTES = 256 * 1024 * 1024  # per open clip: ~256 frames at 768x432
+
+
+def _larger_side(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else max(a, b)
+
+
+def _fit(image, max_side: int | None):
+    """Downscale (aspect kept, even sides, as decode-time resizing does) to ``max_side``."""
+    if max_side is None or max(image.size) <= max_side:
+        return image
+    from captioner.video import output_size_for
+
+    return image.resize(output_size_for(image.width, image.height, max_side), Image.Resampling.BICUBIC)
 
 
 class VideoCaptioner:

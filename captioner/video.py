@@ -31,6 +31,7 @@ import math
 import os
 import re
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,24 @@ class VideoReader(ABC):
             out.append(k)
         return out
 
+    def enable_cache(self, max_bytes: int) -> None:
+        """Keep up to ``max_bytes`` of recently decoded frames, so reading a frame again (keyframe
+        images after keyframe selection) costs no decoding; 0 turns the cache off."""
+        self._cache_limit = max(0, int(max_bytes))
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._trim_cache()
+
+    def _trim_cache(self) -> None:
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            return
+        w, h = self.output_size
+        keep = self._cache_limit // max(1, w * h * 3)
+        while len(cache) > keep:
+            cache.popitem(last=False)
+
     def read_indices(self, indices: Sequence[int]) -> np.ndarray:
         """Frames ``(N, H, W, 3)`` uint8 RGB at :attr:`output_size`, in the order asked."""
         self._check_open()
@@ -204,7 +223,19 @@ class VideoReader(ABC):
         w, h = self.output_size
         uniq = sorted(set(idx))
         buf = np.empty((len(uniq), h, w, 3), dtype=np.uint8)
-        if uniq:
+        cache = getattr(self, "_cache", None) if getattr(self, "_cache_limit", 0) else None
+        if cache is not None:
+            missing = [i for i in uniq if i not in cache]
+            if missing:
+                fresh = np.empty((len(missing), h, w, 3), dtype=np.uint8)
+                self._decode_into(missing, fresh)
+                for i, frame in zip(missing, fresh):
+                    cache[i] = frame
+            for k, i in enumerate(uniq):
+                buf[k] = cache[i]
+                cache.move_to_end(i)
+            self._trim_cache()
+        elif uniq:
             self._decode_into(uniq, buf)
         if idx == uniq:
             return buf
@@ -850,8 +881,10 @@ class DecordReader(VideoReader):
         except VideoError:
             return  # PyAV cannot check it; keep decord's answer
         diff = float(np.abs(got[0].astype(np.int16) - ref[0].astype(np.int16)).mean())
-        if diff > SEEK_CHECK_MAX_DIFF:
-            self._unreliable(f"decord's frame {j} after a seek differs from PyAV's (mean abs diff {diff:.1f})")
+        if diff > SEEK_CHECK_MAX_DIFF and self._strict:
+            err = _Unusable(f"decord's frame {j} after a seek differs from PyAV's (mean abs diff {diff:.1f})")
+            err.fallback, self._helper = self._helper, None  # already open (and knows how to read this file)
+            raise err
 
     def _unreliable(self, why: str) -> None:
         if self._strict:
@@ -983,6 +1016,9 @@ def open_video(path: str | os.PathLike, backend: str = "auto", max_side: int | N
         try:
             return DecordReader(spath, size, max_side, num_threads, strict=av is not None)
         except _Unusable as e:
+            fallback = getattr(e, "fallback", None)
+            if fallback is not None:
+                return fallback
             if av is None:
                 raise VideoError(spath, f"cannot decode with decord and PyAV is not installed: {e}") from None
     elif av is None:

@@ -110,6 +110,9 @@ class ChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: without TCP_NODELAY the body waits ~40 ms for
+            # the client's delayed ACK on every request
+            disable_nagle_algorithm = True
 
             def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
                 pass

@@ -118,9 +118,12 @@ class LocalPipeline:
                     continue
                 active[id(session)] = {"task": res.task_id, "prepared": res.prepared, "session": session}
                 issue(session)
-            # model answers
+            # model answers. A decode worker gets its next clip only when the pool is polled, so
+            # while clips are being decoded do not sleep long here: a 50 ms wait for answers left
+            # the workers idle for most of a clip's decode time and starved the model of clips.
+            wait = (0.005 if self.pool.outstanding else 0.05) if active else 0.0001
             try:
-                request, text, error, seconds = self.events.get(timeout=0.05 if active else 0.0001)
+                request, text, error, seconds = self.events.get(timeout=wait)
             except queue.Empty:
                 continue
             batch = [(request, text, error, seconds)]

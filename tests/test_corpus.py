@@ -203,3 +203,22 @@ def test_openai_backend_corpus_run_keeps_requests_bounded(good_corpus, tmp_path,
         assert all(r.headers.get("authorization") == "Bearer sk-test-123" for r in server.requests)
         assert records[0].models["captioner"]["model"] == "served-vlm"
         assert "sk-test-123" not in json.dumps([r.model_dump() for r in records])
+
+
+def test_run_with_the_filter_stage_captions_only_distinct_clips(media, tiny_models, tmp_path):
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"clip{i}.mp4"
+        shutil.copy(media["static"], p)
+        paths.append(p)
+    manifest = tmp_path / "clips.jsonl"
+    captions = ["A dog runs on the beach", "A dog is running along the beach", "A red car drives through a tunnel at night",
+                "Two chefs chop onions in a busy kitchen"]
+    manifest.write_text("".join(json.dumps({"path": str(p), "caption": c}) + "\n" for p, c in zip(paths, captions)))
+    out = tmp_path / "run"
+    summary = run_corpus(manifest, tiny_run_config("filter={threshold: 0.9}", "run.workers=0"), out, progress=False)
+    assert summary["filtered_out"] == 1 and summary["captioned"] == 3
+    assert sorted(Path(r.video.path).name for r in iter_records(out)) == ["clip0.mp4", "clip2.mp4", "clip3.mp4"]
+    (dropped,) = list(iter_jsonl(out / "filter" / "dropped.jsonl"))
+    assert dropped["path"].endswith("clip1.mp4") and dropped["duplicate_of"]["path"].endswith("clip0.mp4")
+    assert dropped["similarity"] >= 0.9

@@ -346,6 +346,10 @@ def _import_decord():
         import decord
     except ImportError:  # pragma: no cover - exercised only without decord
         return None
+    # decord's bundled FFmpeg prints every concealed decoding error to stderr (dozens of lines per
+    # damaged file); the reader reports what matters as VideoError. DENSECAP_DECODER_LOGS=1 keeps them.
+    if not os.environ.get("DENSECAP_DECODER_LOGS"):
+        decord.logging.set_level(decord.logging.QUIET)
     return decord
 
 

@@ -185,16 +185,16 @@ Machine: {machine()}.
 
 Reading the figures. Only the candidates (one frame every 2 s plus the last frame) are converted
 to RGB and resized (to 336 px on the longer side), and the sparse read skips whole groups of
-pictures (GOPs) between candidates where the stream has keyframes. `cockatoo.mp4` has only three
-GOPs (keyframes at 0, 3.8 and 7.25 s), so most of its frames must still be decoded to reach the
-candidates; the gain over decord there comes from not converting and copying 272 full-size frames.
-`ffmpeg -f null` decodes every frame without any RGB conversion (multi-threaded): the floor for a
-full decode. On `cockatoo.mp4` most of the gap to it is the reader's open-time frame-table checks
-(*open*); on the generated video, whose 2 s GOPs line up with the candidates, we are level with it.
-Figures vary by +-30 % between runs on this shared machine.
-On a clip as short as `realshort.mp4` (36 frames) fixed costs dominate: almost all of *other* is
-the `gc.collect()` that `VideoReader.close()` runs (~0.08 s per call once torch is imported), which
-the bare decord baseline does not pay; the selection work itself (open + decode + encode) is ~0.02 s.
+pictures (GOPs) between candidates where the stream has keyframes: on the generated video, whose
+2 s GOPs line up with the candidates, extraction beats decoding every frame with decord and is level
+with `ffmpeg -f null` (every frame decoded, no RGB conversion, multi-threaded: the floor for a full
+decode). `cockatoo.mp4` is the exception, and a deliberate one: its keyframes (at 3.8 and 7.25 s) are
+not clean restart points, so decord (and a plain PyAV seek) return grey, smeared frames after
+seeking into it. The reader detects this when it opens the file (one frame after a seek checked
+against PyAV, and frames the decoder flags as corrupt) and then decodes that file sequentially
+with PyAV: correct frames, at the price of a full decode plus the check (*open*). The decord
+baseline decodes sequentially too, so it is not affected. On a clip as short as `realshort.mp4`
+(36 frames) fixed costs dominate. Figures vary by +-30 % between runs on this shared machine.
 """
 
 

@@ -869,14 +869,17 @@ class DecordReader(VideoReader):
 
         decord returns wrong (grey, smeared) frames after a seek on some real H.264 files that PyAV
         and ffmpeg decode correctly (samples/cockatoo.mp4 is one): its seek lands on a packet that
-        is flagged as a keyframe but does not restart decoding cleanly. One frame in the middle of
-        the last keyframe group is decoded both ways; in auto mode a mismatch moves the file to PyAV.
+        is flagged as a keyframe but does not restart decoding cleanly. One frame early in the
+        second keyframe group is decoded both ways (the damage shows within a few frames of a bad
+        restart point, and the frame is cheap to reach for PyAV); in auto mode a mismatch moves the
+        file to PyAV.
         """
         n = self.num_frames
         keys = [int(k) for k in np.asarray(self._vr.get_key_indices()).ravel() if 0 < int(k) < n]
         if not keys:
             return  # a single keyframe group: no seek ever happens
-        j = keys[-1] + (n - 1 - keys[-1]) // 2
+        end = keys[1] if len(keys) > 1 else n
+        j = keys[0] + min(3, end - 1 - keys[0])
         got = self._vr.get_batch([j])
         got = got.asnumpy() if hasattr(got, "asnumpy") else np.asarray(got)
         self._vr.seek(0)

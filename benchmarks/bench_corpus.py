@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import shlex
 import socket
 import sys
@@ -43,6 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 SECTION = "## Corpus throughput"
 
@@ -298,27 +300,10 @@ def table(rows: list[dict], decode: dict) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine() -> str:
     import httpx
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return (
-        f"{cpu_model()}, {cores} usable CPU cores (shared with other jobs), Python {platform.python_version()}, "
-        f"httpx {httpx.__version__}, {platform.system()} {platform.release()}"
-    )
+    return common.machine(f"httpx {httpx.__version__}")
 
 
 def section_text(rows: list[dict], decode: dict, args, command: str) -> str:
@@ -390,15 +375,7 @@ Reading the figures.
 
 
 def write_docs(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head.rstrip() + "\n\n" + text.rstrip() + "\n" + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(new, encoding="utf-8")
+    common.write_section(SECTION, text, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,7 @@ TextEmbedder (batch 256, float32), and with sentence-transformers' own encode() 
 from __future__ import annotations
 
 import argparse
-import platform
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 from captioner.filter import greedy_dedup  # noqa: E402
 
@@ -102,20 +103,7 @@ def time_it(fn, repeat: int = 1):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"model name\s*:\s*(.+)", text)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{cpu}, {cores} usable CPU cores (shared with other jobs), Python {platform.python_version()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), Linux {platform.release()}"
-    )
+    return common.machine(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
 def main() -> None:
@@ -282,14 +270,7 @@ moves cosine similarities by at most {bf_note} here: harmless away from the thre
 clips that sit right at it, so float32 stays the CPU default. Figures vary by +-30 % or more between
 runs on this shared machine (torch threads contend with other jobs).
 """
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text, encoding="utf-8")
+    common.write_section(SECTION, body, path)
     print(f"wrote {path}")
 
 

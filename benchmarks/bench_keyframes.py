@@ -21,8 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,25 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 SECTION = "## Keyframe extraction"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def time_median(fn, repeat: int) -> tuple[float, object]:
@@ -161,10 +145,10 @@ def machine() -> str:
     import numpy
     import torch
 
-    return (
-        f"{cpu_model()}, {usable_cores()} usable CPU cores (shared with other jobs), "
-        f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"decord {getattr(decord, '__version__', '?')}, numpy {numpy.__version__}, {platform.system()} {platform.release()}"
+    return common.machine(
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"decord {getattr(decord, '__version__', '?')}",
+        f"numpy {numpy.__version__}",
     )
 
 
@@ -199,15 +183,7 @@ baseline decodes sequentially too, so it is not affected. On a clip as short as 
 
 
 def write_docs(path: Path, text: str) -> None:
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head.rstrip() + "\n\n" + text.rstrip() + "\n" + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(new, encoding="utf-8")
+    common.write_section(SECTION, text, path)
 
 
 # --------------------------------------------------------------------------------------------------

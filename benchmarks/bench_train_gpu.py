@@ -106,7 +106,7 @@ def step_stats(rank: int, steps: int, checkpointing: bool, frames: int, height: 
         "step_s_median": round(sorted(times)[len(times) // 2], 3), "peak_gib": round(peak, 2),
         "torch": torch.__version__,
     }
-    del model, opt, params
+    model = opt = params = None  # free before emptying the CUDA cache
     if device == "cuda":
         torch.cuda.empty_cache()
     return out

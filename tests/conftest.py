@@ -78,3 +78,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     mp.setenv("DENSECAP_TINY_DIR", str(folder))
     yield paths
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box thrash (up to
+    100x slower). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -15,15 +15,7 @@ from captioner.errors import BackendError, ConfigError
 MAX_NEW = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box thrash (100x slower)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

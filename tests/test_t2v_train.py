@@ -38,12 +38,7 @@ SAMPLES = ROOT / "samples" / "train" / "captions.jsonl"
 ALL_LINEAR = "lora.target_modules=[to_q,to_k,to_v,to_out.0,proj_out,ffn.net.0.proj,ffn.net.2]"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

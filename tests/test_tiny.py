@@ -14,15 +14,7 @@ from captioner import tiny
 from captioner.tiny import build_tiny_clip, build_tiny_llm, build_tiny_vlm, is_complete, make_tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box thrash (100x slower)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

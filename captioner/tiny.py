@@ -305,42 +305,54 @@ def _calm_special_logits(model, tokenizer) -> None:
 # atomic build directories
 
 
+def read_build_marker(path: Path, marker: str = _MARKER) -> dict | None:
+    """The marker a finished atomic build left in ``path`` (None when absent or unreadable)."""
+    try:
+        info = json.loads((Path(path) / marker).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def is_complete(path: Path, kind: str | None = None) -> bool:
     """True when ``path`` holds a finished build (of ``kind``, if given) by this version of the builder."""
-    marker = Path(path) / _MARKER
-    try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return info.get("version") == _BUILD_VERSION and (kind is None or info.get("kind") == kind)
+    info = read_build_marker(path)
+    return info is not None and info.get("version") == _BUILD_VERSION and (kind is None or info.get("kind") == kind)
 
 
-def _build_atomically(out_dir: Path, kind: str, seed: int, fill) -> Path:
-    """Build into a temporary sibling folder, write the marker last, then move it into place."""
+def build_atomically(out_dir: Path, fill, marker_info: dict, *, marker: str = _MARKER, done=None, quiet=None) -> Path:
+    """Build into a temporary sibling folder with ``fill(folder)``, write ``marker_info`` into the
+    marker file last, then move the folder into place: a killed build never looks finished.
+
+    ``done(out_dir)`` tells whether a build another process moved in meanwhile is complete (then it
+    is kept); ``quiet`` is a context manager silencing progress output while filling.
+    """
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
-        with _quiet_progress():
+        with quiet() if quiet is not None else contextlib.nullcontext():
             fill(tmp)
-        marker_tmp = tmp / (_MARKER + ".tmp")
-        marker_tmp.write_text(
-            json.dumps({"version": _BUILD_VERSION, "kind": kind, "seed": seed}, sort_keys=True) + "\n",
-            encoding="utf-8",
-        )
-        os.replace(marker_tmp, tmp / _MARKER)
+        marker_tmp = tmp / (marker + ".tmp")
+        marker_tmp.write_text(json.dumps(marker_info, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(marker_tmp, tmp / marker)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         try:
             os.rename(tmp, out_dir)
         except OSError:
             # another process moved its own (identical) build in between: keep that one
-            if not is_complete(out_dir, kind):
+            if done is None or not done(out_dir):
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _build_atomically(out_dir: Path, kind: str, seed: int, fill) -> Path:
+    info = {"version": _BUILD_VERSION, "kind": kind, "seed": seed}
+    return build_atomically(out_dir, fill, info, done=lambda d: is_complete(d, kind), quiet=_quiet_progress)
 
 
 @contextlib.contextmanager

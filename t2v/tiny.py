@@ -29,9 +29,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from captioner.tiny import build_atomically, read_build_marker
 
 __all__ = [
     "TINY_FAMILIES",
@@ -97,39 +97,13 @@ def _quiet():
 
 def is_complete(path: Path, family: str | None = None) -> bool:
     """True when ``path`` holds a finished build (of ``family``, if given) by this version of the builder."""
-    try:
-        info = json.loads((Path(path) / _MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return info.get("version") == _BUILD_VERSION and (family is None or info.get("family") == family)
+    info = read_build_marker(path, _MARKER)
+    return info is not None and info.get("version") == _BUILD_VERSION and (family is None or info.get("family") == family)
 
 
 def _build_atomically(out_dir: Path, family: str, seed: int, fill) -> Path:
-    """Build into a temporary sibling folder, write the marker last, then move it into place."""
-    out_dir = Path(out_dir).expanduser().resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
-        with _quiet():
-            fill(tmp)
-        marker = tmp / (_MARKER + ".tmp")
-        marker.write_text(
-            json.dumps({"version": _BUILD_VERSION, "family": family, "seed": seed}, sort_keys=True) + "\n",
-            encoding="utf-8",
-        )
-        os.replace(marker, tmp / _MARKER)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            # another process moved its own (identical) build in between: keep that one
-            if not is_complete(out_dir, family):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    info = {"version": _BUILD_VERSION, "family": family, "seed": seed}
+    return build_atomically(out_dir, fill, info, marker=_MARKER, done=lambda d: is_complete(d, family), quiet=_quiet)
 
 
 def _train_t5_tokenizer(model_max_length: int):

@@ -45,8 +45,13 @@ import common
 SECTION = "## Latent caching"
 
 
-def build_small_wan(out: Path) -> Path:
-    """A Wan pipeline of reduced width (see the module doc), random weights, seeded."""
+SMALL_TRANSFORMER = dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=48, num_layers=1)
+
+
+def build_small_wan(out: Path, transformer: dict | None = None) -> Path:
+    """A Wan pipeline of reduced width (see the module doc), random weights, seeded;
+    ``transformer`` overrides the transformer's size (heads, head dim, ffn dim, layers)."""
+    size = {**SMALL_TRANSFORMER, **(transformer or {})}
     from t2v import tiny
 
     def fill(d: Path) -> None:
@@ -71,8 +76,8 @@ def build_small_wan(out: Path) -> Path:
                                    temperal_downsample=[False, True, True])
         with tiny._seeded(2):
             transformer = WanTransformer3DModel(
-                patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-                text_dim=512, freq_dim=32, ffn_dim=48, num_layers=1, rope_max_seq_len=64,
+                patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=512, freq_dim=32,
+                rope_max_seq_len=64, **size,
             )
         scheduler = UniPCMultistepScheduler(num_train_timesteps=1000, prediction_type="flow_prediction",
                                             use_flow_sigmas=True, flow_shift=3.0)

@@ -110,8 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=100, help="steps per cached-trainer / bare-loop run")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved cached-trainer / bare-loop runs")
     ap.add_argument("--warmup", type=int, default=3, help="first steps of each run left out")
+    ap.add_argument("--layers", type=int, default=1, help="transformer layers (1 = the small Wan of bench_cache)")
+    ap.add_argument("--heads", type=int, default=2, help="transformer attention heads")
+    ap.add_argument("--head-dim", type=int, default=12, help="transformer attention head width")
+    ap.add_argument("--ffn", type=int, default=48, help="transformer feed-forward width")
     ap.add_argument("--write-docs", action="store_true", help=f"write the table into docs/benchmarks.md under '{SECTION}'")
     args = ap.parse_args(argv)
+    size = dict(num_layers=args.layers, num_attention_heads=args.heads, attention_head_dim=args.head_dim, ffn_dim=args.ffn)
+    default_size = size == dict(num_layers=1, num_attention_heads=2, attention_head_dim=12, ffn_dim=48)
+    section = SECTION if default_size else (
+        f"{SECTION}, transformer of {args.layers} layers x {args.heads} heads of {args.head_dim}")
 
     import logging
 
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {"path": str(ROOT / "samples" / "train"), "buckets": [list(BUCKET)], "fps": 8, "long_clips": "head"}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
-        model = str(build_small_wan(work / "models" / "small-wan"))
+        model = str(build_small_wan(work / "models" / "small-wan", transformer=size))
         t = time.perf_counter()
         pc = PrepareConfig(model=ModelRef(family="wan", id=model), data=DataConfig(**data), device="cpu")
         res = prepare_cache(pc, work / "cache", progress=lambda _m: None)
@@ -166,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     speedup = m_fly / m_cached
     overhead = (m_cached - m_bare) / m_bare
     lines = [
-        SECTION,
+        section,
         "",
         "Time per optimizer step of `t2v.train.train` on the CPU with the latents encoded on the fly",
         "(`data.path`) and read from a latent cache (`data.cache_dir`), and of a bare PyTorch loop doing",
         "the same step (the Wan spec's `latents_from_dist`, `training_step_inputs`, `predict`, `loss`,",
         "backward, clip, AdamW step; no accelerate, sampler or logging) on the same model and cached",
         "batches, all in the same run. Model: the *small* Wan of the latent-caching section (VAE base_dim 32,",
-        "z_dim 16; UMT5 d_model 512, 4 layers; transformer 1 layer, 2 heads of 12, random weights), LoRA",
+        f"z_dim 16; UMT5 d_model 512, 4 layers; transformer {args.layers} layer(s), {args.heads} heads of {args.head_dim}, ffn {args.ffn}; random weights), LoRA",
         f"rank {RANK} on `to_q, to_k, to_v, to_out.0`, float32, batch 1, the three clips of `samples/train/`",
         f"at bucket {BUCKET} (8 fps, latents 16x5x8x12). Trainer figures are the `step_time` field of",
         "`metrics.jsonl`; validation, checkpoints and trackers off.",
@@ -182,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "the figure is the lowest of the per-run medians (other jobs' load only adds time), the",
         f"median of all their steps pooled is shown beside it. `prepare_cache` of the {n_samples} samples took {prepare_s:.2f} s (not in the step figures).",
         "",
-        "Command: `python benchmarks/bench_train.py --write-docs`",
+        "Command: `" + " ".join(["python", "benchmarks/bench_train.py", *(sys.argv[1:] if argv is None else argv)]) + "`",
         "",
         f"Machine: {common.machine(f'torch {torch.__version__} ({threads} threads)', f'diffusers {diffusers.__version__}', f'accelerate {accelerate.__version__}', f'peft {peft.__version__}')}.",
         "",
@@ -199,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         ("* Per-run medians, cached trainer / bare loop (ms): "
          + ", ".join(f"{c * 1e3:.1f} / {b * 1e3:.1f}" for c, b in per_round) + "."),
         "",
-        "Reading the figures. The small Wan's transformer is deliberately minute (120 tokens of width 24),",
-        "so a cached step takes milliseconds and the trainer's fixed per-step work (the accelerate",
+        (f"Reading the figures. This transformer is {'deliberately minute' if default_size else 'larger than the toy one'} "
+         f"(120 tokens of width {args.heads * args.head_dim}, {args.layers} layer(s)), a cached step takes "
+         f"{m_bare * 1e3:.0f} ms, and the trainer's fixed per-step work (the accelerate"),
         "wrapper, the bucket sampler and DataLoader with the safetensors read of the sample, the loss",
-        "gather and finiteness checks, the LR-scheduler step, the metrics line) is a large share of it:",
-        "the overhead here is close to its worst case; with a transformer of real size (hundreds of ms",
-        "to seconds a step) the same fixed cost is a few per cent or less. The on-the-fly step is almost",
+        "gather and finiteness checks, the LR-scheduler step, the metrics line, about 1-2 ms) is a share of",
+        "it that shrinks as the step grows;",
+        "with a transformer of real size (hundreds of ms to seconds a step) it is a few per cent or less.",
+        "The on-the-fly step is almost",
         "all VAE and UMT5 encoding, which are themselves far cheaper than the real Wan2.1 VAE and",
         "UMT5-XXL, so the real caching speed-up is larger. The machine has 2 cores shared with other",
         "jobs: step times vary by tens of per cent between runs, hence medians and interleaving; treat",
@@ -215,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.write_docs:
-        common.write_section(SECTION, text)
+        common.write_section(section, text)
         print(f"wrote {common.DOCS}")
     return 0
 

@@ -186,9 +186,19 @@ class ModelSpec(ABC):
     def _finish_loading(self, c: Components, path: str, kw: dict) -> None:
         """Family-specific additions after loading (nothing by default)."""
 
-    @abstractmethod
     def build_pipeline(self, c: Components):
-        """The family's diffusers pipeline made of these components (all must be loaded)."""
+        """The family's diffusers pipeline (``pipeline_class_name``) made of these components (all must be loaded)."""
+        import diffusers
+
+        c.require("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
+        pipeline_cls = getattr(diffusers, self.pipeline_class_name)
+        return pipeline_cls(
+            tokenizer=c.tokenizer,
+            text_encoder=c.text_encoder,
+            vae=c.vae,
+            transformer=c.transformer,
+            scheduler=c.scheduler,
+        )
 
     # ------------------------------------------------------------------------------------------
     # conditioning and latents

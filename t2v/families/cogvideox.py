@@ -128,17 +128,9 @@ class CogVideoXSpec(ModelSpec):
         }
 
     def build_pipeline(self, c: Components):
-        from diffusers import CogVideoXPipeline
-
-        c.require("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
-        _cast_decoder_inputs(c.vae)
-        return CogVideoXPipeline(
-            tokenizer=c.tokenizer,
-            text_encoder=c.text_encoder,
-            vae=c.vae,
-            transformer=c.transformer,
-            scheduler=c.scheduler,
-        )
+        c.require("vae")
+        _cast_decoder_inputs(c.vae)  # the pipeline does not cast latents to the VAE's dtype
+        return super().build_pipeline(c)
 
     # ------------------------------------------------------------------------------------------
 

@@ -89,18 +89,6 @@ class LTXSpec(ModelSpec):
         c.extras["latents_mean"] = vae.latents_mean.detach().to("cpu", torch.float32).clone()
         c.extras["latents_std"] = vae.latents_std.detach().to("cpu", torch.float32).clone()
 
-    def build_pipeline(self, c: Components):
-        from diffusers import LTXPipeline
-
-        c.require("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
-        return LTXPipeline(
-            tokenizer=c.tokenizer,
-            text_encoder=c.text_encoder,
-            vae=c.vae,
-            transformer=c.transformer,
-            scheduler=c.scheduler,
-        )
-
     # ------------------------------------------------------------------------------------------
     # VAE geometry from its config (so it is known without the VAE loaded)
 

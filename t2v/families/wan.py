@@ -69,18 +69,6 @@ class WanSpec(ModelSpec):
             },
         }
 
-    def build_pipeline(self, c: Components):
-        from diffusers import WanPipeline
-
-        c.require("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
-        return WanPipeline(
-            tokenizer=c.tokenizer,
-            text_encoder=c.text_encoder,
-            vae=c.vae,
-            transformer=c.transformer,
-            scheduler=c.scheduler,
-        )
-
     # ------------------------------------------------------------------------------------------
 
     def encode_prompts(self, c: Components, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -90,3 +90,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def t2v_tiny_models(tiny_models) -> dict[str, Path]:
+    """The tiny text-to-video pipelines (wan, cogvideox, ltx), built once per session in the
+    tiny-model folder, so ``tiny://wan`` resolves to them here and in child processes."""
+    from t2v.tiny import make_tiny
+
+    return make_tiny(Path(tiny_models["vlm"]).parent / "t2v")

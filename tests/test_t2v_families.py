@@ -11,7 +11,6 @@ import torch
 from t2v.families import FAMILIES, Components, TimestepConfig, get_family
 from t2v.families.cogvideox import rotary_embeddings
 from t2v.families.ltx import pack_latents, unpack_latents
-from t2v.tiny import make_tiny
 
 PROMPTS = [
     "A cat jumps onto a table, knocks over a glass of water &amp; runs away.",
@@ -26,14 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_paths(tmp_path_factory):
-    """The tiny pipelines, where ``tiny://NAME`` resolves for this module."""
-    root = tmp_path_factory.mktemp("tiny-families")
-    paths = make_tiny(root / "t2v")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DENSECAP_TINY_DIR", str(root))
-    yield paths
-    mp.undo()
+def tiny_paths(t2v_tiny_models):
+    return t2v_tiny_models
 
 
 @pytest.fixture(scope="module")

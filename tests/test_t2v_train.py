@@ -23,7 +23,6 @@ import torch
 
 from captioner.errors import CaptionerError, ConfigError
 from t2v.data import DataError
-from t2v.tiny import make_tiny
 from t2v.train import (
     TrainingError,
     find_checkpoint,
@@ -42,14 +41,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_paths(tmp_path_factory):
-    """The tiny pipelines, where tiny://NAME resolves for this module (and its child processes)."""
-    root = tmp_path_factory.mktemp("tiny-train")
-    paths = make_tiny(root / "t2v")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DENSECAP_TINY_DIR", str(root))
-    yield paths
-    mp.undo()
+def tiny_paths(t2v_tiny_models):
+    return t2v_tiny_models
 
 
 @pytest.fixture(scope="module")

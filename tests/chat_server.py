@@ -61,7 +61,10 @@ def _last_user_text(body: Any) -> str:
 
 
 class ChatServer:
-    def __init__(self, *, delay_s: float = 0.0, model_name: str | None = None):
+    def __init__(self, *, delay_s: float = 0.0, model_name: str | None = None, responder=None):
+        """``responder(body) -> str | None``: the reply text for a request body (None: the default
+        reply), so that answers can depend on the request regardless of the order requests arrive in."""
+        self.responder = responder
         self.delay_s = delay_s
         self.model_name = model_name
         self.requests: list[RecordedRequest] = []
@@ -187,7 +190,9 @@ class ChatServer:
 
     def _reply(self, body: Any) -> dict:
         model = self.model_name or (body.get("model") if isinstance(body, dict) else None) or "test-model"
-        text = f"reply to: {_last_user_text(body)}"
+        text = self.responder(body) if self.responder is not None else None
+        if text is None:
+            text = f"reply to: {_last_user_text(body)}"
         return {
             "id": f"chatcmpl-{time.monotonic_ns()}",
             "object": "chat.completion",

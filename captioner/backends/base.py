@@ -25,6 +25,7 @@ __all__ = [
     "Message",
     "Part",
     "ROLES",
+    "check_seeds",
     "chunked",
     "prepare_image",
 ]
@@ -91,10 +92,18 @@ class ChatBackend(ABC):
     name: str
 
     @abstractmethod
-    def generate(self, conversations: Sequence[Conversation], *, max_new_tokens: int | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        max_new_tokens: int | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
         """Reply to each conversation; the result has the same length and order as the input.
 
-        ``max_new_tokens`` overrides the configured limit for this call. Raises
+        ``max_new_tokens`` overrides the configured limit for this call. ``seeds`` (one per
+        conversation) replaces the configured seed per conversation, so that each reply depends only
+        on its conversation and its seed (several sampled candidates of one prompt). Raises
         :class:`~captioner.errors.BackendError` when the model or server fails.
         """
 
@@ -135,6 +144,16 @@ class ChatBackend(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_seeds(seeds: Sequence[int] | None, n: int, backend: str) -> list[int] | None:
+    """``seeds`` as a list of ints, checked to hold one seed per conversation."""
+    if seeds is None:
+        return None
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != n:
+        raise ValueError(f"{backend} backend: {len(seeds)} seeds for {n} conversations (need one each)")
+    return seeds
 
 
 def chunked(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:

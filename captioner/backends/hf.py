@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from captioner.backends import HFBackendConfig
-from captioner.backends.base import ChatBackend, Conversation, Message, chunked, prepare_image
+from captioner.backends.base import ChatBackend, Conversation, Message, check_seeds, chunked, prepare_image
 from captioner.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,16 @@ class HFBackend(ChatBackend):
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def generate(self, conversations: Sequence[Conversation], *, max_new_tokens: int | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        max_new_tokens: int | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        """Batched generation (left padding). With ``seeds`` and sampling, each conversation is generated
+        on its own after seeding, so its reply does not depend on what else is in the batch; greedy
+        decoding ignores seeds and batches as usual."""
         if getattr(self, "model", None) is None:
             raise BackendError("hf backend: generate() called after close()")
         conversations = list(conversations)
@@ -207,12 +216,18 @@ class HFBackend(ChatBackend):
             raise ValueError("max_new_tokens must be >= 1")
         gen_config = self._generation_config(limit)
         torch = self._torch
+        seeds = check_seeds(seeds, len(conversations), self.name)
 
         outputs: list[str] = []
         fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices), torch.inference_mode():
             # one seed per call: the same inputs and seed give the same text, and the caller's RNG
             # state is left untouched
+            if seeds is not None and gen_config.do_sample:
+                for conv, seed in zip(conversations, seeds):
+                    torch.manual_seed(seed)
+                    outputs.extend(self._generate_chunk([conv], gen_config))
+                return outputs
             torch.manual_seed(self.cfg.seed)
             for _, chunk in chunked(conversations, self.cfg.batch_size):
                 outputs.extend(self._generate_chunk(chunk, gen_config))

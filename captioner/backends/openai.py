@@ -27,7 +27,7 @@ import httpx
 from PIL import Image
 
 from captioner.backends import OpenAIBackendConfig
-from captioner.backends.base import ChatBackend, Conversation, Message, prepare_image
+from captioner.backends.base import ChatBackend, Conversation, Message, check_seeds, prepare_image
 from captioner.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,15 @@ class OpenAIBackend(ChatBackend):
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
 
-    def generate(self, conversations: Sequence[Conversation], *, max_new_tokens: int | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        max_new_tokens: int | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        """One request per conversation, at most ``max_in_flight`` at a time; ``seeds`` sets each
+        request's ``seed`` (instead of the configured one)."""
         if self._closed:
             raise BackendError("openai backend: generate() called after close()")
         conversations = list(conversations)
@@ -153,8 +161,12 @@ class OpenAIBackend(ChatBackend):
                 if not isinstance(msg, Message):
                     raise BackendError(f"openai backend: conversation {i} holds a {type(msg).__name__}, not a Message")
 
+        seeds = check_seeds(seeds, len(conversations), self.name)
         abort = threading.Event()
-        futures: list[Future] = [self._pool.submit(self._complete, conv, limit, abort) for conv in conversations]
+        futures: list[Future] = [
+            self._pool.submit(self._complete, conv, limit, abort, None if seeds is None else seeds[i])
+            for i, conv in enumerate(conversations)
+        ]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
             error = next(
@@ -182,7 +194,7 @@ class OpenAIBackend(ChatBackend):
 
     # ------------------------------------------------------------------ internals
 
-    def payload(self, conv: Conversation, max_new_tokens: int) -> dict:
+    def payload(self, conv: Conversation, max_new_tokens: int, seed: int | None = None) -> dict:
         """The JSON body sent for one conversation."""
         cfg = self.cfg
         messages = []
@@ -205,7 +217,9 @@ class OpenAIBackend(ChatBackend):
             "temperature": cfg.temperature,
             "top_p": cfg.top_p,
         }
-        if cfg.seed is not None:
+        if seed is not None:
+            body["seed"] = int(seed)
+        elif cfg.seed is not None:
             body["seed"] = cfg.seed
         return body
 
@@ -223,10 +237,10 @@ class OpenAIBackend(ChatBackend):
         cap = min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** (attempt - 1)))
         return random.uniform(0.0, cap)
 
-    def _complete(self, conv: Conversation, max_new_tokens: int, abort: threading.Event) -> str:
+    def _complete(self, conv: Conversation, max_new_tokens: int, abort: threading.Event, seed: int | None = None) -> str:
         if abort.is_set():
             raise _Aborted()
-        body = self.payload(conv, max_new_tokens)
+        body = self.payload(conv, max_new_tokens, seed)
         attempts = self.cfg.max_retries + 1
         last_error = ""
         for attempt in range(1, attempts + 1):

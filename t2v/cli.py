@@ -152,6 +152,99 @@ def train_cmd(config: str | None, overrides: tuple[str, ...], out: Path, resume:
         click.echo(f"trained {result.global_step} steps: {result.lora_dir or result.transformer_dir}")
 
 
+# --------------------------------------------------------------------------------------------------
+# t2v expand (prompt expansion)
+
+
+def _expansion_line(e) -> str:
+    """One status line about an expansion, for stderr."""
+    from captioner.expand.checks import word_count
+
+    bits = [e.status, f"{word_count(e.text)} words"]
+    if e.tokens is not None:
+        bits.append(f"{e.tokens}/{e.max_tokens} tokens")
+    if e.status == "expanded":
+        bits.append(f"{e.attempts} {'try' if e.attempts == 1 else 'tries'}")
+    if e.trimmed:
+        bits.append("trimmed at a sentence boundary")
+    if e.similarity is not None:
+        bits.append(f"similarity {e.similarity:.3f}")
+    if e.cached:
+        bits.append("cached")
+    line = "[" + ", ".join(bits) + "]"
+    if e.reason and e.status != "expanded":
+        line += f" {e.reason}"
+    return line
+
+
+@cli.command("expand")
+@click.argument("prompts", nargs=-1)
+@click.option("--config", "config", default="tiny", show_default=True, metavar="PATH|PRESET",
+              help="Expansion config: YAML file or preset (tiny, default, cogvideox, openai).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set candidates=3 (repeatable; values are YAML).")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path),
+              help="A file of prompts: one per line (# comments), or .jsonl with a 'prompt' key.")
+@click.option("--family", type=click.Choice(["wan", "cogvideox", "ltx"]), help="Target video model family.")
+@click.option("--model", "model_id", metavar="ID|PATH", help="Target pipeline (its tokenizer counts the budget).")
+@click.option("--pairs", "pairs", type=click.Path(path_type=Path),
+              help="Examples: a pairs .jsonl from `captioner pairs` (overrides examples.pairs).")
+@click.option("--force", is_flag=True, help="Expand prompts that are already detailed too.")
+@click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the expansion cache.")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Write every result (JSON lines) to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print each result as a JSON line instead of text.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...], prompts_file: Path | None,
+               family: str | None, model_id: str | None, pairs: Path | None, force: bool, no_cache: bool,
+               out: Path | None, as_json: bool, debug: bool) -> None:
+    """Rewrite short prompts into detailed captions in the style of the training captions.
+
+    Each expansion is checked in code (English, length, quoted text, named camera moves and styles,
+    the prompt's subject kept, nothing it rules out added) and kept within the target video model's
+    text-encoder limit, counted with its own tokenizer; when no acceptable expansion comes within the
+    retry budget the original prompt is used and the reason printed. Results are cached on disk.
+    Prints each caption on stdout and a status line on stderr.
+    """
+    import sys
+
+    from captioner.errors import CaptionerError
+    from captioner.record import write_json_atomic
+    from t2v.expansion import load_expand_config, load_expander
+
+    sets = list(overrides)
+    if force:
+        sets.append("force=true")
+    if no_cache:
+        sets.append("cache=false")
+    if pairs is not None:
+        sets.append(f"examples.pairs={json.dumps(str(pairs))}")
+    try:
+        items = list(prompts)
+        if prompts_file is not None:
+            from t2v.generate import read_prompts
+
+            items += read_prompts(prompts_file)
+        if not items:
+            raise CaptionerError("give a PROMPT or --prompts FILE")
+        cfg = load_expand_config(config, sets)
+        with load_expander(cfg, family=family, model_id=model_id) as expander:
+            results = expander.expand(items)
+    except (CaptionerError, ValueError) as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for e in results:
+        if as_json:
+            click.echo(json.dumps(e.to_dict(), ensure_ascii=False))
+        else:
+            click.echo(e.text)
+            click.echo(_expansion_line(e), err=True)
+    if out is not None:
+        write_json_atomic(out, "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in results))
+        click.echo(f"results: {out}", err=True)
+
+
 def main() -> None:
     cli(prog_name="t2v")
 

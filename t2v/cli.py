@@ -245,6 +245,117 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
         click.echo(f"results: {out}", err=True)
 
 
+# --------------------------------------------------------------------------------------------------
+# t2v generate
+
+
+@cli.command("generate")
+@click.option("--config", "config", metavar="PATH|PRESET", help="YAML config file or preset (tiny, wan, cogvideox, ltx).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set model.lora_scale=0.8 (repeatable; values are YAML).")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="A prompt (repeatable).")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Prompts file: one per line (# comments), or .jsonl with \"prompt\" keys.")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Output folder (overrides out_dir).")
+@click.option("--run", "run", metavar="DIR", help="A `t2v train` output folder (its base model and LoRA/transformer).")
+@click.option("--lora", "lora", metavar="PATH", help="LoRA folder or .safetensors file (diffusers format).")
+@click.option("--seed", type=int, help="Generator seed (the same for every prompt).")
+@click.option("--frames", type=int, help="Number of frames.")
+@click.option("--height", type=int, help="Height in pixels.")
+@click.option("--width", type=int, help="Width in pixels.")
+@click.option("--steps", type=int, help="Denoising steps.")
+@click.option("--guidance", type=float, help="Classifier-free guidance scale.")
+@click.option("--negative", metavar="TEXT", help="Negative prompt.")
+@click.option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="Pipeline dtype.")
+@click.option("--cpu-offload", "cpu_offload", type=click.Choice(["none", "model", "sequential"]),
+              help="Offload weights to the CPU between uses (needs a GPU).")
+@click.option("--vae-tiling", "vae_tiling", is_flag=True, default=None, help="Decode the video in tiles.")
+@click.option("--vae-slicing", "vae_slicing", is_flag=True, default=None, help="Decode batch items one by one.")
+@click.option("--attention", metavar="BACKEND", help="diffusers attention backend (native = PyTorch SDPA, xformers, ...).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace videos generated with other settings.")
+@click.option("--expand/--no-expand", "expand", default=None,
+              help="Expand the prompts first (the config's `expand`, else the preset 'default').")
+@click.option("--expand-config", "expand_config", metavar="PATH|PRESET", help="Expansion config (implies --expand).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[str, ...], prompts_file: Path | None,
+                 out: Path | None, run: str | None, lora: str | None, seed: int | None, frames: int | None,
+                 height: int | None, width: int | None, steps: int | None, guidance: float | None,
+                 negative: str | None, device: str | None, dtype: str | None, cpu_offload: str | None,
+                 vae_tiling: bool | None, vae_slicing: bool | None, attention: str | None,
+                 overwrite: bool | None, expand: bool | None, expand_config: str | None, debug: bool) -> None:
+    """Generate one video per prompt with a family's diffusers pipeline (optionally a LoRA or a run).
+
+    Writes OUT/NNN-SLUG.mp4 and a JSON sidecar OUT/NNN-SLUG.json (prompt, model, LoRA, settings,
+    timings). Videos already generated with the same settings are skipped, so an interrupted list
+    can be rerun. Options override the config (after --set).
+    """
+    import sys
+
+    from captioner.errors import CaptionerError
+    from t2v.generate import generate_videos, load_generate_config, read_prompts
+
+    flags = {"seed": seed, "num_frames": frames, "height": height, "width": width, "num_inference_steps": steps,
+             "guidance_scale": guidance, "negative_prompt": negative, "device": device, "dtype": dtype,
+             "cpu_offload": cpu_offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing,
+             "attention_backend": attention, "overwrite": overwrite, "model.lora": lora}
+    extra = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]  # JSON is YAML: strings stay strings
+    if run is not None:
+        extra = [f"model.run={json.dumps(run)}", "model.family=null", "model.id=null", "model.revision=null", *extra]
+    if expand_config is not None:
+        extra.append(f"expand={json.dumps(expand_config)}")
+    elif expand is False:
+        extra.append("expand=null")
+    try:
+        if bool(prompts) == (prompts_file is not None):
+            raise CaptionerError("give prompts with --prompt TEXT (repeatable) or --prompts FILE (one of the two)")
+        cfg = load_generate_config(config, [*overrides, *extra])
+        if expand and cfg.expand is None:
+            cfg = load_generate_config(config, [*overrides, *extra, "expand=default"])
+        texts = list(prompts) if prompts else read_prompts(prompts_file)
+        videos = generate_videos(cfg, texts, out, progress=lambda m: click.echo(m, err=True),
+                                 progress_bar=True)
+    except CaptionerError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for v in videos:
+        click.echo(f"{'skipped' if v.skipped else 'wrote'} {v.path} (sidecar {v.sidecar})")
+
+
+
+# --------------------------------------------------------------------------------------------------
+# t2v demo (the offline quick start)
+
+
+@cli.command("demo")
+@click.option("--out", "out", default="demo", show_default=True, type=click.Path(path_type=Path),
+              help="Output folder (rerun with the same folder to resume).")
+@click.option("--prompt", "prompt", default=None, metavar="TEXT", help="The short prompt to expand and generate.")
+@click.option("--steps", "steps", default=6, show_default=True, type=click.IntRange(1, 1000), help="LoRA training steps.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def demo_cmd(out: Path, prompt: str | None, steps: int, debug: bool) -> None:
+    """Run the whole toolkit offline on the CPU with tiny models: caption the sample clips, export a
+    training set, train a LoRA, expand a short prompt and generate a video from it.
+
+    The tiny models are random (built on first use), so the text is gibberish and the video noise; every
+    stage runs and writes what a real run writes. Takes about a minute on 2 cores.
+    """
+    import sys
+
+    from captioner.errors import CaptionerError
+    from t2v.demo import DEFAULT_PROMPT, run_demo
+
+    try:
+        run_demo(out, prompt=prompt or DEFAULT_PROMPT, steps=steps, echo=click.echo)
+    except CaptionerError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 def main() -> None:
     cli(prog_name="t2v")
 

@@ -51,6 +51,7 @@ import torch
 
 from captioner.errors import CaptionerError, ConfigError
 from t2v.train_config import TrainConfig
+from t2v.videoio import write_mp4
 
 __all__ = [
     "TrainResult",
@@ -564,18 +565,7 @@ def _load_rest(run: _Run, path: Path, state: dict) -> None:
 # validation
 
 
-def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    import imageio.v2 as imageio
-
-    arr = np.asarray(frames)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")
-    with imageio.get_writer(str(tmp), fps=float(fps), codec="libx264", quality=8, macro_block_size=1,
-                            ffmpeg_log_level="error") as w:
-        for frame in arr:
-            w.append_data(frame)
-    os.replace(tmp, path)
+_write_mp4 = write_mp4  # the mp4 writer lives in t2v.videoio (shared with t2v generate)
 
 
 def _slug(text: str, n: int = 40) -> str:

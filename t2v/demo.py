@@ -1,0 +1,183 @@
+"""``t2v demo``: the whole toolkit end to end, offline, on a CPU, with the tiny models.
+
+    video -> keyframes -> DiffSW captions -> training set -> LoRA -> prompt expansion -> video
+
+Steps (each prints where its output is):
+
+1. caption the training clips shipped in ``samples/train/`` with ``captioner run`` (tiny VLM + LLM);
+2. export the records as a training set (``captions.jsonl``);
+3. fine-tune a LoRA on it for a few steps (``t2v train``, tiny Wan);
+4. expand a short prompt (``t2v expand``) with the pairs in ``samples/pairs.jsonl`` as style examples;
+5. generate a video from it with the trained LoRA (``t2v generate``): an mp4 and its JSON sidecar.
+
+The tiny models are random, so captions and expansions are gibberish (the expansion checks reject it
+and the original prompt is used, saying why) and the video is noise; what the demo shows is that every
+stage runs, writes what a real run writes, and hands it to the next one. The tiny models are built on
+first use (``$DENSECAP_TINY_DIR``, default ``~/.cache/densecap-t2v/tiny``). Rerunning with the same
+``--out`` resumes: finished steps are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from captioner.errors import CaptionerError
+
+__all__ = ["DEFAULT_PROMPT", "DemoResult", "run_demo", "samples_dir"]
+
+DEFAULT_PROMPT = "A white cockatoo raises its crest and looks into the camera, close-up."
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def samples_dir() -> Path:
+    return REPO_ROOT / "samples"
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    outputs: dict[str, Path] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    expansion: dict[str, Any] = field(default_factory=dict)
+    video: Path | None = None
+    sidecar: Path | None = None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No weight-loading progress bars or library warnings while the demo prints its own lines."""
+    from diffusers.utils import logging as df_logging
+    from transformers.utils import logging as tf_logging
+
+    bars = tf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    df_logging.disable_progress_bar()
+    old = {name: logging.getLogger(name).level for name in ("transformers", "diffusers", "t2v", "captioner")}
+    for name in old:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in old.items():
+            logging.getLogger(name).setLevel(level)
+        if bars[0]:
+            tf_logging.enable_progress_bar()
+        if bars[1]:
+            df_logging.enable_progress_bar()
+
+
+def _config(command: str, preset: str) -> Path:
+    path = REPO_ROOT / "configs" / command / f"{preset}.yaml"
+    if not path.is_file():
+        raise CaptionerError(f"demo: {path} is missing; run the demo from a clone of the repository")
+    return path
+
+
+def run_demo(
+    out_dir: str | Path = "demo",
+    *,
+    prompt: str = DEFAULT_PROMPT,
+    steps: int = 6,
+    echo: Callable[[str], None] = print,
+) -> DemoResult:
+    """Run the five steps into ``out_dir`` (see the module doc); returns where everything is."""
+    from captioner.configbase import load_config
+    from captioner.corpus import RunConfig, run_corpus
+    from captioner.export import export_dataset
+    from t2v.expansion import load_expand_config, load_expander
+    from t2v.generate import generate_videos, load_generate_config
+    from t2v.train import load_train_config, train
+
+    samples = samples_dir()
+    clips = samples / "train"
+    pairs = samples / "pairs.jsonl"
+    for need in (clips, pairs):
+        if not need.exists():
+            raise CaptionerError(f"demo: {need} is missing; run the demo from a clone of the repository")
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    res = DemoResult(out_dir=out)
+    total = 5
+
+    def step(n: int, text: str) -> float:
+        echo(f"[{n}/{total}] {text}")
+        return time.perf_counter()
+
+    def done(name: str, t0: float, path: Path, note: str = "") -> None:
+        res.seconds[name] = round(time.perf_counter() - t0, 2)
+        res.outputs[name] = path
+        echo(f"      {res.seconds[name]:.1f} s -> {path}" + (f"  ({note})" if note else ""))
+
+    with _quiet():
+        # 1. DiffSW captions of the sample clips
+        t0 = step(1, f"captioning the {sum(1 for _ in clips.glob('*.mp4'))} clips of {clips} "
+                     "(keyframes, DiffSW with the tiny VLM, summary with the tiny LLM)")
+        run_cfg = load_config(RunConfig, _config("run", "tiny"), ["run.workers=1"])
+        summary = run_corpus(clips, run_cfg, out / "captions", progress=False)
+        if summary["failed"]:
+            raise CaptionerError(f"demo: {summary['failed']} clips failed to caption; see {out / 'captions' / 'errors.jsonl'}")
+        done("captions", t0, out / "captions" / "records",
+             f"{summary['captioned']} captioned, {summary['already_done']} already done")
+
+        # 2. training set
+        t0 = step(2, "exporting the caption records as a training set")
+        export = export_dataset(out / "captions", out / "dataset", formats=["jsonl"])
+        dataset = out / "dataset" / "captions.jsonl"
+        done("dataset", t0, dataset, f"{export.exported} clips")
+
+        # 3. LoRA
+        lora_file = out / "train" / "lora" / "pytorch_lora_weights.safetensors"
+        t0 = step(3, f"training a LoRA on the tiny Wan for {steps} steps")
+        if lora_file.is_file() and json.loads((out / "train" / "base_model.json").read_text())["model_id"]:
+            done("lora", t0, lora_file.parent, "already trained")
+        else:
+            train_cfg = load_train_config(_config("train", "tiny"), [
+                f"data.path={json.dumps(str(dataset))}", f"training.max_steps={steps}",
+                f"checkpoint.every={steps}", "validation.prompts=[]", "logging.log_with=[]",
+            ])
+            result = train(train_cfg, out / "train")
+            done("lora", t0, result.lora_dir, f"{result.global_step} steps")
+
+        # 4. prompt expansion
+        t0 = step(4, f"expanding the prompt {prompt!r} (tiny LLM, examples from {pairs.name})")
+        expand_cfg = load_expand_config(_config("expand", "tiny"), [
+            f"examples.pairs={json.dumps(str(pairs))}", f"cache_dir={json.dumps(str(out / 'expand-cache'))}",
+        ])
+        with load_expander(expand_cfg, family="wan", model_id="tiny://wan") as expander:
+            expansion = expander.expand_one(prompt)
+            by_id = {e.id: e.prompt for e in expander.index.examples} if expansion.examples else {}
+        res.expansion = expansion.to_dict()
+        expansion_file = out / "expansion.json"
+        expansion_file.write_text(json.dumps(res.expansion, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        done("expansion", t0, expansion_file, f"{expansion.status}, {expansion.tokens}/{expansion.max_tokens} tokens")
+        for example_id in expansion.examples:
+            echo(f"      style example (nearest pair): {by_id.get(example_id, example_id)!r}")
+        if expansion.reason:
+            echo(f"      {expansion.reason}")
+        echo(f"      text for the video model: {expansion.text}")
+
+        # 5. video
+        t0 = step(5, "generating a video with the trained LoRA")
+        gen_cfg = load_generate_config(_config("generate", "tiny"), [
+            f"model.run={json.dumps(str(out / 'train'))}", f"out_dir={json.dumps(str(out / 'videos'))}",
+        ])
+        videos = generate_videos(gen_cfg, [prompt], expansions=[res.expansion])
+        res.video, res.sidecar = videos[0].path, videos[0].sidecar
+        done("video", t0, res.video, "already made" if videos[0].skipped else f"sidecar {res.sidecar.name}")
+
+    summary_file = out / "demo.json"
+    summary_file.write_text(json.dumps({
+        "prompt": prompt,
+        "outputs": {k: str(v) for k, v in res.outputs.items()},
+        "seconds": res.seconds,
+        "sidecar": str(res.sidecar),
+    }, indent=2) + "\n", encoding="utf-8")
+    echo(f"done in {sum(res.seconds.values()):.1f} s; outputs listed in {summary_file}")
+    return res

@@ -289,6 +289,11 @@ def check_prompt(
     if len(lines) > 1:
         return text, f"it has {len(lines)} lines, but the prompt must be a single line"
     text = " ".join(text.split())
+    from captioner.expand.checks import check_language
+
+    not_english = check_language(text, "en")
+    if not_english:
+        return text, not_english.replace("the caption", "the prompt")
     n = len(_words(text))
     if n < min_words:
         return text, f"it has {n} word{'s' if n != 1 else ''}, fewer than {min_words}"

@@ -356,6 +356,16 @@ def demo_cmd(out: Path, prompt: str | None, steps: int, debug: bool) -> None:
         sys.exit(1)
 
 
+
+def _register_ui() -> None:
+    """``t2v ui``: the generation web page (t2v/webui.py; gradio is imported only when it runs)."""
+    from t2v.webui import ui_command
+
+    cli.add_command(ui_command)
+
+
+_register_ui()
+
 def main() -> None:
     cli(prog_name="t2v")
 

@@ -37,7 +37,8 @@ except ImportError:  # pragma: no cover - when tests/ is not on sys.path
 
 KEY_ENV = "DENSECAP_TEST_PAIRS_KEY"
 GOOD = "A dog chasing a red ball across a sunny garden"
-LONG = " ".join(["word"] + [f"w{i}" for i in range(29)])  # 30 words, no repeated phrase
+LONG = ("A small brown dog with floppy ears chases a red ball across a sunny garden, jumps a hedge, rolls "
+        "in the grass and runs happily back to its waiting owner")  # 30 words
 
 
 def _completion(text: str) -> dict:
@@ -133,6 +134,8 @@ def caption_server(monkeypatch):
         ("A brown dog runs after a red ball in a sunny garden.", None, "copies the caption's first sentence"),
         ("dog ball garden dog ball garden again", None, "repeats itself"),
         ("A dog\x11 chasing a ball in a garden", None, "unprintable"),
+        ("一只小狗在花园里追着红色的球跑", None, "not in English"),
+        ("Un chien brun court après une balle rouge dans le jardin de la maison", None, "does not read as English"),
     ],
 )
 def test_check_prompt(answer, text, reason):

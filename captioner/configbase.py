@@ -165,3 +165,13 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, model, source + " with --set overrides")) from None
+
+
+def flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": value}`` (for comparing settings key by key and naming what changed)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten_dict(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out

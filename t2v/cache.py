@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from captioner.configbase import StrictModel
+from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError
 from captioner.record import write_json_atomic
 from captioner.shards import JsonlAppender, iter_jsonl, repair_partial_tail
@@ -177,17 +177,10 @@ def _key_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten_dict(old), flatten_dict(new)
     out = []
     for k in sorted(set(a) | set(b)):
         if a.get(k, "<unset>") != b.get(k, "<unset>"):

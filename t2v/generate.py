@@ -50,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from captioner.configbase import StrictModel
+from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError
 from t2v.videoio import write_mp4
 
@@ -718,13 +718,6 @@ def _resume_key(rec: dict[str, Any]) -> dict[str, Any]:
     return key
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
-    return out
 
 
 def _is_done(mp4: Path, sidecar: Path, planned: dict[str, Any], overwrite: bool) -> bool:
@@ -737,7 +730,7 @@ def _is_done(mp4: Path, sidecar: Path, planned: dict[str, Any], overwrite: bool)
     except (OSError, json.JSONDecodeError) as e:
         raise GenerateError(f"{sidecar}: an unreadable sidecar is in the way ({e}); remove it or pass "
                             "--overwrite") from None
-    then, now = _flat(_resume_key(old if isinstance(old, dict) else {})), _flat(_resume_key(planned))
+    then, now = flatten_dict(_resume_key(old if isinstance(old, dict) else {})), flatten_dict(_resume_key(planned))
     diffs = [f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(then) | set(now))
              if then.get(k) != now.get(k)]
     if diffs:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from captioner.configbase import flatten_dict
 from captioner.errors import CaptionerError, ConfigError
 from t2v.train_config import TrainConfig
 from t2v.videoio import write_mp4
@@ -114,13 +115,6 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     return data
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,7 +499,7 @@ def _read_checkpoint_state(path: Path) -> dict[str, Any]:
 
 
 def _check_resume_config(path: Path, state: dict, cfg: TrainConfig, world_size: int) -> None:
-    then, now = _flatten(state.get("config", {})), _flatten(resolved_config(cfg))
+    then, now = flatten_dict(state.get("config", {})), flatten_dict(resolved_config(cfg))
     diffs = [f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in _RESUME_KEYS if then.get(k) != now.get(k)]
     if diffs:
         raise TrainingError(f"{path}: cannot resume: the checkpoint was trained with other settings ("
@@ -973,7 +967,7 @@ def train(
         elif metrics_path.exists():
             metrics_path.unlink()
         flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                for k, v in _flatten(resolved_config(cfg)).items()}
+                for k, v in flatten_dict(resolved_config(cfg)).items()}
         accelerator.init_trackers(cfg.logging.project, config=flat,
                                   init_kwargs={"wandb": {"name": cfg.logging.run_name or out.name}})
     if is_main:

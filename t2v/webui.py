@@ -74,23 +74,8 @@ def require_gradio():
 
 def expansion_status(e: Expansion) -> str:
     """One line about an expansion: status, words, tokens / limit, tries, cached, and why it fell back."""
-    from captioner.expand.checks import word_count
-
-    bits = [e.status, f"{word_count(e.text)} words"]
-    if e.tokens is not None:
-        bits.append(f"{e.tokens}/{e.max_tokens} tokens" if e.max_tokens else f"{e.tokens} tokens")
-    if e.attempts:
-        bits.append(f"{e.attempts} {'try' if e.attempts == 1 else 'tries'}")
-    if e.trimmed:
-        bits.append("trimmed at a sentence boundary")
-    if e.similarity is not None:
-        bits.append(f"similarity {e.similarity:.3f}")
-    if e.cached:
-        bits.append("cached")
-    line = " · ".join(bits)
-    if e.reason and e.status != "expanded":
-        line += f" — {e.reason}"
-    return line
+    line = " · ".join(e.status_bits())
+    return line + (f" — {e.reason}" if e.reason and e.status != "expanded" else "")
 
 
 def _validation_message(err) -> str:

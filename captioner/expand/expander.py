@@ -85,6 +85,21 @@ class Expansion:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def status_bits(self) -> list[str]:
+        """Short facts for a status line: status, words, tokens / limit, tries, trimming, similarity, cached."""
+        bits = [self.status, f"{word_count(self.text)} words"]
+        if self.tokens is not None:
+            bits.append(f"{self.tokens}/{self.max_tokens} tokens" if self.max_tokens else f"{self.tokens} tokens")
+        if self.attempts:
+            bits.append(f"{self.attempts} {'try' if self.attempts == 1 else 'tries'}")
+        if self.trimmed:
+            bits.append("trimmed at a sentence boundary")
+        if self.similarity is not None:
+            bits.append(f"similarity {self.similarity:.3f}")
+        if self.cached:
+            bits.append("cached")
+        return bits
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Expansion:
         names = set(cls.__dataclass_fields__)

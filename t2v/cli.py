@@ -325,7 +325,7 @@ def demo_cmd(out: Path, prompt: str | None, steps: int, debug: bool) -> None:
     training set, train a LoRA, expand a short prompt and generate a video from it.
 
     The tiny models are random (built on first use), so the text is gibberish and the video noise; every
-    stage runs and writes what a real run writes. Takes about a minute on 2 cores.
+    stage runs and writes what a real run writes. Takes seconds on 2 CPU cores.
     """
     import sys
 

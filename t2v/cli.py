@@ -245,6 +245,8 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
 @click.option("--run", "run", metavar="DIR", help="A `t2v train` output folder (its base model and LoRA/transformer).")
 @click.option("--lora", "lora", metavar="PATH", help="LoRA folder or .safetensors file (diffusers format).")
 @click.option("--seed", type=int, help="Generator seed (the same for every prompt).")
+@click.option("-n", "--videos-per-prompt", "videos_per_prompt", type=int,
+              help="Videos per prompt, with seeds SEED, SEED+1, ... (files NNN-SLUG-seedS.mp4).")
 @click.option("--frames", type=int, help="Number of frames.")
 @click.option("--height", type=int, help="Height in pixels.")
 @click.option("--width", type=int, help="Width in pixels.")
@@ -264,7 +266,8 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
 @click.option("--expand-config", "expand_config", metavar="PATH|PRESET", help="Expansion config (implies --expand).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[str, ...], prompts_file: Path | None,
-                 out: Path | None, run: str | None, lora: str | None, seed: int | None, frames: int | None,
+                 out: Path | None, run: str | None, lora: str | None, seed: int | None,
+                 videos_per_prompt: int | None, frames: int | None,
                  height: int | None, width: int | None, steps: int | None, guidance: float | None,
                  negative: str | None, device: str | None, dtype: str | None, cpu_offload: str | None,
                  vae_tiling: bool | None, vae_slicing: bool | None, attention: str | None,
@@ -280,7 +283,7 @@ def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[
     from captioner.errors import CaptionerError
     from t2v.generate import generate_videos, load_generate_config, read_prompts
 
-    flags = {"seed": seed, "num_frames": frames, "height": height, "width": width, "num_inference_steps": steps,
+    flags = {"seed": seed, "videos_per_prompt": videos_per_prompt, "num_frames": frames, "height": height, "width": width, "num_inference_steps": steps,
              "guidance_scale": guidance, "negative_prompt": negative, "device": device, "dtype": dtype,
              "cpu_offload": cpu_offload, "vae_tiling": vae_tiling, "vae_slicing": vae_slicing,
              "attention_backend": attention, "overwrite": overwrite, "model.lora": lora}

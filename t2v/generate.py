@@ -13,7 +13,8 @@ with ``from_pretrained`` from a hub id, a local folder or ``tiny://NAME``, optio
   and its ``lora/`` or ``transformer/`` is used as above.
 
 For every prompt the pipeline runs with a fresh ``torch.Generator(device).manual_seed(seed)`` (the same
-seed for every prompt, so a prompt's video does not depend on its position in the list) and
+seed for every prompt, so a prompt's video does not depend on its position in the list; with
+``videos_per_prompt: N``, N videos per prompt with seeds ``seed`` ... ``seed+N-1``, files ``-seedS``) and
 ``output_type="np"``; the frames go to ``OUT/{i:03d}-{slug}.mp4`` and a JSON sidecar of the same stem
 records the prompt, the prompt actually fed to the pipeline (after an optional expansion), the model,
 LoRA (with the sha256 of its file), every setting, timings and library versions.
@@ -162,6 +163,7 @@ class GenerateConfig(StrictModel):
 
     model: GenerateModelConfig
     seed: int = Field(0, ge=0, description="the generator seed of every prompt")
+    videos_per_prompt: int = Field(1, ge=1, le=1000, description="videos per prompt, with seeds seed, seed+1, ...")
     num_frames: int | None = Field(None, ge=1)
     height: int | None = Field(None, ge=1)
     width: int | None = Field(None, ge=1)
@@ -695,6 +697,7 @@ class GeneratedVideo:
     path: Path
     sidecar: Path
     skipped: bool
+    seed: int = 0
     frames: np.ndarray | None = None
     seconds: float | None = None
     record: dict[str, Any] = field(default_factory=dict)
@@ -779,18 +782,21 @@ def _prompt_tokens(pipe, text: str) -> int | None:
 
 def _plan(cfg: GenerateConfig, prompts: list[str], out: Path, expansions: list[dict] | None,
           model_rec: dict[str, Any], settings: dict[str, Any]) -> list[GeneratedVideo]:
-    """One :class:`GeneratedVideo` per prompt with its file names, those already done marked skipped
-    (with their sidecar as record); raises for a sidecar of other settings (see :func:`_is_done`)."""
+    """One :class:`GeneratedVideo` per prompt and seed (``videos_per_prompt`` seeds from ``seed`` on; the
+    file stem gets ``-seedN`` when there are several) with its file names, those already done marked
+    skipped (with their sidecar as record); raises for a sidecar of other settings (see :func:`_is_done`)."""
     videos = []
+    n = cfg.videos_per_prompt
     for i, prompt in enumerate(prompts):
-        stem = f"{i:03d}-{slugify(prompt)}"
         fed = expansions[i]["text"] if expansions is not None else prompt
-        planned = {"prompt": prompt, "pipeline_prompt": fed, "seed": cfg.seed, **model_rec, "settings": settings}
-        mp4, sidecar = out / f"{stem}.mp4", out / f"{stem}.json"
-        done = _is_done(mp4, sidecar, planned, cfg.overwrite)
-        record = json.loads(sidecar.read_text(encoding="utf-8")) if done else {}
-        videos.append(GeneratedVideo(index=i, prompt=prompt, pipeline_prompt=record.get("pipeline_prompt"),
-                                     path=mp4, sidecar=sidecar, skipped=done, record=record))
+        for seed in range(cfg.seed, cfg.seed + n):
+            stem = f"{i:03d}-{slugify(prompt)}" + (f"-seed{seed}" if n > 1 else "")
+            planned = {"prompt": prompt, "pipeline_prompt": fed, "seed": seed, **model_rec, "settings": settings}
+            mp4, sidecar = out / f"{stem}.mp4", out / f"{stem}.json"
+            done = _is_done(mp4, sidecar, planned, cfg.overwrite)
+            record = json.loads(sidecar.read_text(encoding="utf-8")) if done else {}
+            videos.append(GeneratedVideo(index=i, prompt=prompt, pipeline_prompt=record.get("pipeline_prompt"),
+                                         path=mp4, sidecar=sidecar, skipped=done, record=record, seed=seed))
     return videos
 
 
@@ -804,7 +810,7 @@ def _sidecar(v: GeneratedVideo, fed: str, expansion: dict | None, frames: np.nda
         "prompt": v.prompt,
         "pipeline_prompt": fed,
         "expansion": expansion,
-        "seed": cfg.seed,
+        "seed": v.seed,
         "generator_device": device,
         **model_rec,
         "settings": settings,
@@ -860,15 +866,18 @@ def generate_videos(
     model_rec = resolved.record()
 
     videos = _plan(cfg, prompts, out, expansions, model_rec, settings)
-    for v in videos:
+    for k, v in enumerate(videos):
         if v.skipped:
-            say(f"[{v.index + 1}/{len(videos)}] skipped {v.path} (already generated with these settings)")
+            say(f"[{k + 1}/{len(videos)}] skipped {v.path} (already generated with these settings)")
     todo = [v for v in videos if not v.skipped]
     if not todo:
         return videos
     if expansions is None and cfg.expand:
         say(f"expanding {len(todo)} prompt(s) with {cfg.expand}")
-        todo_expansions = _expand(cfg, [v.prompt for v in todo], resolved.family, resolved.id, resolved.revision)
+        indices = sorted({v.index for v in todo})  # one expansion per prompt, shared by its seeds
+        made = _expand(cfg, [prompts[i] for i in indices], resolved.family, resolved.id, resolved.revision)
+        by_index = dict(zip(indices, made))
+        todo_expansions = [by_index[v.index] for v in todo]
     else:
         todo_expansions = [expansions[v.index] if expansions is not None else None for v in todo]
     if pipeline is None:
@@ -883,12 +892,12 @@ def generate_videos(
             say(f"warning: prompt {v.index} has {tokens} tokens; the {spec.name} pipeline reads the first "
                 f"{spec.max_text_tokens}")
         t0 = time.perf_counter()
-        frames = run_pipeline(pipe, fed, kwargs, cfg.seed, device)
+        frames = run_pipeline(pipe, fed, kwargs, v.seed, device)
         seconds = time.perf_counter() - t0
         record = _sidecar(v, fed, exp, frames, seconds, tokens, cfg=cfg, spec=spec, device=device,
                           model_rec=model_rec, settings=settings)
         write_mp4(v.path, frames, settings["fps"])  # the sidecar last: it marks the video as finished
         _write_json_atomic(v.sidecar, record)
         v.pipeline_prompt, v.frames, v.seconds, v.record = fed, frames, seconds, record
-        say(f"[{v.index + 1}/{len(videos)}] wrote {v.path} ({seconds:.1f} s)")
+        say(f"[{videos.index(v) + 1}/{len(videos)}] wrote {v.path} ({seconds:.1f} s)")
     return videos

@@ -512,3 +512,25 @@ def test_generate_with_a_real_expansion_over_an_openai_server(tiny, tmp_path):
     v = G.generate_videos(_cfg(f"expand={json.dumps(str(ecfg))}"), ["A white cockatoo raises its crest"], tmp_path / "w")
     assert v[0].record["expansion"]["cached"] is True
     assert np.array_equal(v[0].frames, _plain(tiny, "wan", caption))
+
+
+def test_several_videos_per_prompt_use_consecutive_seeds(tiny, tmp_path, monkeypatch):
+    """videos_per_prompt: N videos per prompt with seeds seed..seed+N-1, each equal to the plain pipeline
+    with its seed, one expansion per prompt; a rerun with a larger N makes only the new seeds."""
+    calls = []
+
+    def expander(config_ref, prompts, *, family, model_id, overrides=(), revision=None):
+        calls.append(list(prompts))
+        return [{"text": f"{p} In detail."} for p in prompts]
+
+    monkeypatch.setattr("t2v.expansion.expand_for_generation", expander)
+    cfg = _cfg("seed=3", "videos_per_prompt=2", "expand=tiny")
+    videos = generate_videos(cfg, [PROMPT], tmp_path)
+    assert calls == [[PROMPT]]  # expanded once for both seeds
+    assert [v.seed for v in videos] == [3, 4]
+    assert [v.path.name for v in videos] == [f"000-{G.slugify(PROMPT)}-seed3.mp4", f"000-{G.slugify(PROMPT)}-seed4.mp4"]
+    for v in videos:
+        assert v.record["seed"] == v.seed
+        assert np.array_equal(v.frames, _plain(tiny, "wan", f"{PROMPT} In detail.", seed=v.seed))
+    more = generate_videos(_cfg("seed=3", "videos_per_prompt=3", "expand=tiny"), [PROMPT], tmp_path)
+    assert [v.skipped for v in more] == [True, True, False] and more[2].seed == 5

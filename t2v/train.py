@@ -319,6 +319,7 @@ class _Run:
     generator: torch.Generator
     global_step: int = 0
     position: dict | None = None  # sampler state after the last trained batch
+    validation_texts: list[str] | None = None  # expanded validation prompts (validation.expand)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -567,6 +568,20 @@ def _slug(text: str, n: int = 40) -> str:
     return s[:n].strip("-") or "prompt"
 
 
+def _expand_validation_prompts(cfg: TrainConfig, spec, model_id: str, out: Path) -> list[str]:
+    """``validation.prompts`` expanded with ``validation.expand`` for this model's tokenizer; the
+    expansions go to ``OUT/validation/expansions.json``."""
+    from t2v.expansion import expand_for_generation
+
+    expansions = expand_for_generation(cfg.validation.expand, list(cfg.validation.prompts), family=spec.name,
+                                       model_id=model_id, revision=cfg.model.revision)
+    (out / "validation").mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out / "validation" / "expansions.json", expansions)
+    for e in expansions:
+        log.info("validation prompt %r: %s (%s tokens)", e["prompt"][:60], e["status"], e.get("tokens"))
+    return [e["text"] for e in expansions]
+
+
 def _validate(run: _Run, step: int) -> list[Path]:
     """Generate the validation clips with the current (or EMA) weights; returns the mp4 paths."""
     v, acc = run.cfg.validation, run.accelerator
@@ -614,14 +629,14 @@ def _generate_validation(run: _Run, step: int) -> list[Path]:
                               "output_type": "np"}
         if spec.name == "ltx":
             kw["frame_rate"] = v.fps
-        for i, prompt in enumerate(v.prompts):
+        for i, (short, prompt) in enumerate(zip(v.prompts, run.validation_texts or v.prompts)):
             gen = torch.Generator(device=device).manual_seed(v.seed)
             with torch.no_grad(), acc.autocast():
                 frames = pipe(prompt=prompt, negative_prompt=v.negative_prompt or None, generator=gen, **kw).frames[0]
-            path = out_dir / f"{i:02d}-{_slug(prompt)}.mp4"
+            path = out_dir / f"{i:02d}-{_slug(short)}.mp4"
             _write_mp4(path, frames, v.fps)
             written.append(path)
-            _log_video(run, step, i, prompt, path, np.asarray(frames))
+            _log_video(run, step, i, short, path, np.asarray(frames))
     finally:
         del pipe, vc
         if extra is not None:
@@ -633,7 +648,8 @@ def _generate_validation(run: _Run, step: int) -> list[Path]:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     (out_dir / "prompts.json").write_text(json.dumps(
-        {"step": step, "prompts": v.prompts, "files": [p.name for p in written], "seed": v.seed,
+        {"step": step, "prompts": v.prompts, "pipeline_prompts": run.validation_texts or v.prompts,
+         "files": [p.name for p in written], "seed": v.seed,
          "settings": v.model_dump(mode="json"), "ema": run.ema is not None}, indent=2) + "\n", encoding="utf-8")
     log.info("validation at step %d: %d clips in %.1f s -> %s", step, len(written), time.perf_counter() - t0, out_dir)
     return written
@@ -864,6 +880,12 @@ def train(
     elif resume == "latest":
         log.info("--resume latest: %s has no checkpoint yet; starting from step 0", out)
 
+    # validation prompts are expanded before the video model is loaded (the expander's language model and
+    # the video model are never in memory together); the expansion cache makes a resume cheap
+    validation_texts = None
+    if is_main and cfg.validation.prompts and cfg.validation.expand:
+        validation_texts = _expand_validation_prompts(cfg, spec, model_id, out)
+
     if torch.cuda.is_available() and tcfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -953,7 +975,7 @@ def train(
     generator = torch.Generator(device=device).manual_seed(_rank_seed(tcfg.seed, rank, 2))
     run = _Run(cfg=cfg, out=out, accelerator=accelerator, spec=spec, c=c, source=source, sampler=sampler,
                model=model, transformer=transformer, named_params=named_params, optimizer=optimizer,
-               lr_scheduler=lr_scheduler, ema=ema, generator=generator)
+               lr_scheduler=lr_scheduler, ema=ema, generator=generator, validation_texts=validation_texts)
     if ckpt_path is not None:
         _load_rest(run, ckpt_path, ckpt_state)
         log.info("resumed from %s at step %d", ckpt_path, run.global_step)

@@ -159,6 +159,9 @@ class ValidationConfig(StrictModel):
     guidance_scale: float = Field(5.0, ge=0.0)
     seed: int = 0
     fps: float = Field(16.0, gt=0, description="frame rate of the saved mp4s (and LTX's frame_rate)")
+    expand: str | None = Field(
+        None, description="expand the prompts first with this expansion config (path or preset), as at inference; "
+                          "the model is trained on dense captions, so short prompts alone under-show what it learned")
 
 
 class LoggingConfig(StrictModel):

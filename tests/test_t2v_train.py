@@ -419,3 +419,29 @@ def test_two_processes_with_accelerate_launch(tiny_wan, tmp_path):
 
 def test_errors_are_captioner_errors():
     assert issubclass(TrainingError, CaptionerError)
+
+
+def test_validation_prompts_are_expanded_like_at_inference(tiny_wan, tmp_path):
+    """validation.expand: the short validation prompts are expanded (loopback server) before the video model
+    loads; the clips are generated from the expansions, the files keep the short prompts' names."""
+    try:
+        from chat_server import ChatServer
+    except ImportError:  # pragma: no cover
+        from tests.chat_server import ChatServer
+
+    caption = ("A white cockatoo perches on a wooden beam in a bright room and slowly raises its pale yellow "
+               "crest, then turns its head towards the window. The camera holds a static close-up.")
+    with ChatServer(responder=lambda body: caption) as server:
+        ecfg = tmp_path / "expand.yaml"
+        ecfg.write_text(f"expander:\n  type: openai\n  model: m\n  base_url: {server.base_url}\n  max_retries: 0\n"
+                        f"cache_dir: {tmp_path / 'cache'}\nexamples:\n  k: 0\nchecks:\n  min_words: 10\n")
+        out = tmp_path / "run"
+        train(_cfg("training.max_steps=1", "validation.prompts=[A cockatoo raises its crest.]",
+                   f"validation.expand={json.dumps(str(ecfg))}", "validation.num_frames=9", "validation.height=32",
+                   "validation.width=32", "validation.num_inference_steps=1"), out)
+        assert server.request_count == 1
+    expansions = json.loads((out / "validation" / "expansions.json").read_text())
+    assert expansions[0]["status"] == "expanded" and expansions[0]["max_tokens"] == 512
+    record = json.loads((out / "validation" / "step-1" / "prompts.json").read_text())
+    assert record["prompts"] == ["A cockatoo raises its crest."] and record["pipeline_prompts"] == [caption]
+    assert [p.name for p in (out / "validation" / "step-1").glob("*.mp4")] == ["00-a-cockatoo-raises-its-crest.mp4"]

@@ -213,7 +213,13 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
             raise CaptionerError("give a PROMPT or --prompts FILE")
         cfg = load_expand_config(config, sets)
         with load_expander(cfg, family=family, model_id=model_id) as expander:
-            results = expander.expand(items)
+            if len(items) > cfg.chunk_size:
+                from tqdm.auto import tqdm
+
+                with tqdm(total=len(items), desc="expanding", unit="prompt", file=sys.stderr) as bar:
+                    results = expander.expand(items, progress=lambda done, total: bar.update(done - bar.n))
+            else:
+                results = expander.expand(items)
     except (CaptionerError, ValueError) as exc:
         if debug:
             raise

@@ -362,3 +362,28 @@ def test_t2v_expand_cli(tmp_path, t2v_tiny_models):
         assert server.request_count == 1
     bad = CliRunner().invoke(cli, ["expand", "x", "--config", str(cfg), "--set", "candidates=2"])
     assert bad.exit_code == 1 and "needs sampling" in bad.stderr
+
+
+def test_long_lists_are_cached_chunk_by_chunk_and_repeats_expanded_once(tmp_path):
+    """An interrupted long list keeps the chunks already done: the rerun asks only for the rest."""
+    prompts = [f"A white cockatoo number {i} raises its crest" for i in range(5)]
+    calls = {"n": 0}
+
+    def responder(body):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("the server dies after two answers")  # -> HTTP 500
+        return COCKATOO
+
+    with ChatServer(responder=responder) as server:
+        cfg = _cfg(server, tmp_path, chunk_size=2, **{"checks.min_coverage": 0.0})
+        with Expander(cfg) as ex, pytest.raises(Exception):
+            ex.expand(prompts + [prompts[0]])
+    with ChatServer(responder=lambda body: COCKATOO) as server:
+        cfg = _cfg(server, tmp_path, chunk_size=2, **{"checks.min_coverage": 0.0})
+        seen = []
+        with Expander(cfg) as ex:
+            res = ex.expand(prompts + [prompts[0]], progress=lambda done, total: seen.append((done, total)))
+        assert server.request_count == 3  # the first chunk (2 prompts) came from the cache
+    assert [r.cached for r in res] == [True, True, False, False, False, True]
+    assert seen == [(2, 3), (3, 3)]

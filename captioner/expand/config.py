@@ -94,6 +94,7 @@ class ExpandConfig(StrictModel):
     target: TargetConfig = Field(default_factory=TargetConfig)
     examples: ExamplesConfig = Field(default_factory=ExamplesConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    chunk_size: int = Field(64, ge=1, description="prompts per model round; each chunk is cached when done")
     cache: bool = True
     cache_dir: str | None = Field(None, description="default: $DENSECAP_CACHE_DIR/expand or ~/.cache/densecap-t2v/expand")
 

@@ -226,7 +226,7 @@ class Expander:
         """The settings that decide an expansion (also what the cache key is made of, with the prompt)."""
         cfg = self.cfg
         model = {k: v for k, v in cfg.expander.model_dump(mode="json").items()
-                 if k in ("type", "model", "revision", "base_url", "temperature", "top_p", "seed", "dtype")}
+                 if k in ("type", "model", "revision", "temperature", "top_p", "seed", "dtype")}
         if cfg.examples.pairs:
             examples = {"pairs": str(cfg.examples.pairs),
                         "sha256": _sha256_file(Path(cfg.examples.pairs).expanduser()),
@@ -255,8 +255,12 @@ class Expander:
     def expand_one(self, prompt: str) -> Expansion:
         return self.expand([prompt])[0]
 
-    def expand(self, prompts: list[str]) -> list[Expansion]:
-        """Expand each prompt (see the module docstring); results in input order."""
+    def expand(self, prompts: list[str], *, progress=None) -> list[Expansion]:
+        """Expand each prompt (see the module docstring); results in input order.
+
+        Prompts that need the model go in chunks of ``chunk_size``, each chunk's results cached as soon as
+        it is done, so an interrupted long list loses at most one chunk; a prompt given twice is expanded
+        once. ``progress(done, total)`` is called after each chunk."""
         prompts = [str(p) for p in prompts]
         for i, p in enumerate(prompts):
             if not p.strip():
@@ -265,8 +269,11 @@ class Expander:
         model_info = settings["model"]
         results: list[Expansion | None] = [None] * len(prompts)
         keys = [self.cache_key(p, settings) for p in prompts]
-        todo: list[int] = []
+        pending: dict[str, list[int]] = {}  # key -> positions of that prompt, first-seen order
         for i, (p, key) in enumerate(zip(prompts, keys)):
+            if key in pending:
+                pending[key].append(i)
+                continue
             hit = self.cache.get(key) if self.cache else None
             if hit is not None:
                 hit.cached = True
@@ -275,18 +282,24 @@ class Expander:
             limit = self.cfg.passthrough_words
             if not self.cfg.force and limit is not None and word_count(p) >= limit:
                 results[i] = self._passthrough(p, key, model_info)
+                if self.cache:
+                    self.cache.put(key, results[i])
                 continue
-            todo.append(i)
-        if todo:
+            pending[key] = [i]
+        order = list(pending)
+        for start in range(0, len(order), self.cfg.chunk_size):
+            part = order[start : start + self.cfg.chunk_size]
             t0 = time.perf_counter()
-            made = self._expand_with_model([prompts[i] for i in todo], model_info)
-            per = (time.perf_counter() - t0) / len(todo)
-            for i, exp in zip(todo, made):
-                exp.key, exp.seconds = keys[i], round(per, 4)
-                results[i] = exp
-        for i, exp in enumerate(results):
-            if self.cache and not exp.cached:
-                self.cache.put(keys[i], exp)
+            made = self._expand_with_model([prompts[pending[k][0]] for k in part], model_info)
+            per = (time.perf_counter() - t0) / len(part)
+            for key, exp in zip(part, made):
+                exp.key, exp.seconds = key, round(per, 4)
+                if self.cache:
+                    self.cache.put(key, exp)
+                for i in pending[key]:
+                    results[i] = exp
+            if progress is not None:
+                progress(start + len(part), len(order))
         return results  # type: ignore[return-value]
 
     def _base(self, prompt: str, text: str, status: str, model_info: dict) -> Expansion:

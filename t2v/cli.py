@@ -282,7 +282,8 @@ def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[
 
     Writes OUT/NNN-SLUG.mp4 and a JSON sidecar OUT/NNN-SLUG.json (prompt, model, LoRA, settings,
     timings). Videos already generated with the same settings are skipped, so an interrupted list
-    can be rerun. Options override the config (after --set).
+    can be rerun. Options override the config (after --set). On several GPUs:
+    accelerate launch --num_processes N -m t2v.cli generate ... (each process makes every N-th video).
     """
     import sys
 
@@ -315,7 +316,8 @@ def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     for v in videos:
-        click.echo(f"{'skipped' if v.skipped else 'wrote'} {v.path} (sidecar {v.sidecar})")
+        if v.assigned:
+            click.echo(f"{'skipped' if v.skipped else 'wrote'} {v.path} (sidecar {v.sidecar})")
 
 
 

@@ -215,10 +215,28 @@ def load_generate_config(config: str | os.PathLike | None, overrides: Sequence[s
     return load_config(GenerateConfig, resolve_config("generate", str(config)), list(overrides))
 
 
+def process_share() -> tuple[int, int, int]:
+    """``(rank, world size, local rank)`` of this process when started by ``accelerate launch`` or
+    ``torchrun`` (their ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), ``(0, 1, 0)`` otherwise."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        return 0, 1, 0
+    if world < 1 or not 0 <= rank < world:
+        return 0, 1, 0
+    return rank, world, local
+
+
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; others unchanged (checked to exist)."""
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; others unchanged (checked to exist). Under a
+    multi-process launch, ``auto`` and ``cuda`` mean this process's GPU (``cuda:LOCAL_RANK``)."""
     import torch
 
+    _, world, local = process_share()
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local % torch.cuda.device_count()}"
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -698,6 +716,7 @@ class GeneratedVideo:
     sidecar: Path
     skipped: bool
     seed: int = 0
+    assigned: bool = True  # False: another process of a multi-process launch makes this video
     frames: np.ndarray | None = None
     seconds: float | None = None
     record: dict[str, Any] = field(default_factory=dict)
@@ -812,6 +831,7 @@ def _sidecar(v: GeneratedVideo, fed: str, expansion: dict | None, frames: np.nda
         "expansion": expansion,
         "seed": v.seed,
         "generator_device": device,
+        "process": dict(zip(("rank", "world_size"), process_share()[:2])),
         **model_rec,
         "settings": settings,
         "negative_prompt": settings["negative_prompt"],
@@ -866,10 +886,12 @@ def generate_videos(
     model_rec = resolved.record()
 
     videos = _plan(cfg, prompts, out, expansions, model_rec, settings)
+    rank, world, _ = process_share()
     for k, v in enumerate(videos):
-        if v.skipped:
+        v.assigned = k % world == rank  # several processes (accelerate launch): every world-th video
+        if v.skipped and v.assigned:
             say(f"[{k + 1}/{len(videos)}] skipped {v.path} (already generated with these settings)")
-    todo = [v for v in videos if not v.skipped]
+    todo = [v for v in videos if v.assigned and not v.skipped]
     if not todo:
         return videos
     if expansions is None and cfg.expand:

@@ -534,3 +534,51 @@ def test_several_videos_per_prompt_use_consecutive_seeds(tiny, tmp_path, monkeyp
         assert np.array_equal(v.frames, _plain(tiny, "wan", f"{PROMPT} In detail.", seed=v.seed))
     more = generate_videos(_cfg("seed=3", "videos_per_prompt=3", "expand=tiny"), [PROMPT], tmp_path)
     assert [v.skipped for v in more] == [True, True, False] and more[2].seed == 5
+
+
+def test_processes_of_a_launch_share_the_videos(tiny, tmp_path, monkeypatch):
+    """Under accelerate launch / torchrun (RANK, WORLD_SIZE), process r makes every WORLD_SIZE-th video;
+    together they make all of them, each exactly as a single process would."""
+    prompts = [PROMPT, "A dog runs on a beach.", "Rain on a window at night."]
+    made = {}
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        videos = generate_videos(_cfg(), prompts, tmp_path / "shared")
+        assert [v.assigned for v in videos] == [rank == 0, rank == 1, rank == 0]
+        for v in videos:
+            if v.assigned:
+                assert not v.skipped and v.record["process"] == {"rank": rank, "world_size": 2}
+                made[v.index] = v.frames
+    assert sorted(made) == [0, 1, 2]
+    assert len(list((tmp_path / "shared").glob("*.mp4"))) == 3
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    alone = generate_videos(_cfg(), prompts, tmp_path / "shared")
+    assert all(v.skipped and v.assigned for v in alone)  # one process later: all done, nothing redone
+    assert np.array_equal(made[1], _plain(tiny, "wan", prompts[1]))
+
+
+def test_accelerate_launch_generates_a_prompt_list_on_two_processes(tiny, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip("the accelerate launcher is not installed next to this python")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("A white cockatoo.\nA dog on a beach.\nRain at night.\n")
+    out = tmp_path / "launched"
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "t2v.cli", "generate", "--config", "tiny", "--prompts", str(prompts), "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and not out.exists():
+        pytest.skip(f"accelerate could not start 2 CPU processes here: {proc.stderr[-800:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = sorted(json.loads(p.read_text())["process"]["rank"] for p in out.glob("*.json"))
+    assert ranks == [0, 0, 1]

@@ -107,6 +107,14 @@ def test_subject_and_action_survive_and_exclusions_hold():
     assert "cars" in check_exclusions("A street without cars", "A narrow street where cars are parked.")
 
 
+def test_a_prompt_in_another_language_is_translated_not_word_matched():
+    from captioner.expand.checks import check_expansion
+
+    zh = "一只白色的凤头鹦鹉竖起冠羽，特写"
+    assert check_expansion(zh, COCKATOO, min_words=20) is None  # English caption of a Chinese prompt
+    assert "not in English" in check_expansion(zh, CHINESE, min_words=1)
+
+
 def test_chat_replies_are_not_captions_and_answers_are_cleaned():
     assert check_answer_shape("Sure! Here is a poem about cats.") is not None
     assert check_answer_shape("I'm sorry, but I can't help with that.") is not None

@@ -151,6 +151,10 @@ def _words(text: str) -> list[str]:
     return [w.lower().replace("’", "'") for w in _WORD.findall(text)]
 
 
+def _is_latin(word: str) -> bool:
+    return all("LATIN" in unicodedata.name(ch, "") for ch in word if ch.isalpha())
+
+
 def _stem(word: str) -> str:
     """A crude English stem: enough to match ``crashing``/``crashes``/``crash`` and ``dogs``/``dog``."""
     w = word.lower().replace("’", "'").removesuffix("'s")
@@ -278,15 +282,16 @@ def check_named_terms(prompt: str, text: str) -> str | None:
 
 
 def content_words(prompt: str) -> list[str]:
-    """The prompt's content words (not function words, not quoted text), lower case, in order."""
+    """The prompt's content words (not function words, not quoted text, Latin script only: a prompt in
+    another script is translated, so its words cannot be looked for), lower case, in order."""
     unquoted = prompt
     for span in quoted_spans(prompt):
         unquoted = unquoted.replace(span, " ")
     out: list[str] = []
     words = _words(unquoted)
     for i, w in enumerate(words):
-        if w in FUNCTION_WORDS or w in _FRAMING_WORDS or len(w) < 3 or w in out:
-            continue
+        if w in FUNCTION_WORDS or w in _FRAMING_WORDS or len(w) < 3 or w in out or not _is_latin(w):
+            continue  # a prompt in another script is translated: its words cannot be matched
         if i and words[i - 1] in _NEGATORS:  # "no people": ruled out, not asked for
             continue
         out.append(w)

@@ -130,3 +130,41 @@ def load_record(path: str | Path) -> CaptionRecord:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         raise CaptionerError(f"{path}: not a caption record ({key}: {first['msg']})") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# file helpers shared by the long-running commands
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's sha256 (hex), computed once per (path, size, mtime) in a process."""
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Put the finished folder ``tmp`` at ``final``; an existing ``final`` is moved aside first and removed
+    after, so ``final`` is at every moment either the old folder or the new one, complete."""
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)

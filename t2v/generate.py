@@ -35,7 +35,6 @@ LoRA files and attention backends are checked, before any model is loaded.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import logging
@@ -53,6 +52,7 @@ from pydantic import Field, field_validator, model_validator
 
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError
+from captioner.record import file_sha256
 from t2v.videoio import write_mp4
 
 __all__ = [
@@ -466,20 +466,8 @@ def _check_attention_requirements(name: str) -> None:
         raise GenerateError(f"attention_backend: {e}") from None
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def file_sha256(path: Path) -> str:
-    """The file's sha256 (hex), cached per (path, size, mtime)."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 # ----------------------------------------------------------------------------------------------

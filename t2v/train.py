@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from captioner.configbase import flatten_dict
+from captioner.record import replace_dir
 from captioner.errors import CaptionerError, ConfigError
 from t2v.train_config import TrainConfig
 from t2v.videoio import write_mp4
@@ -467,14 +468,7 @@ def _save_checkpoint(run: _Run) -> Path:
     if acc.is_main_process:
         files = sorted(p.name for p in tmp.iterdir())
         _write_json_atomic(tmp / MARKER, {"step": step, "files": files})
-        if final.exists():  # re-reaching a step after resuming from an older checkpoint
-            old = root / f".old-step-{step}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)  # an existing step-N: re-reached after resuming from an older checkpoint
         _prune_checkpoints(root, run.cfg.checkpoint.keep_last)
     acc.wait_for_everyone()
     if acc.is_main_process:

@@ -42,6 +42,7 @@ from captioner.expand.checks import check_expansion, clean_answer, word_count
 from captioner.expand.config import ExpandConfig
 from captioner.expand.examples import Example, ExampleIndex, builtin_examples, load_examples
 from captioner.prompts import load_prompts
+from captioner.record import file_sha256
 
 __all__ = ["EXPAND_SCHEMA", "Expander", "Expansion", "ExpansionCache"]
 
@@ -144,12 +145,6 @@ def _as_content(prompt: str) -> str:
     return _TAG.sub(lambda m: m.group(0).replace("<", "(").replace(">", ")"), " ".join(prompt.split()))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Expander:
@@ -164,7 +159,7 @@ class Expander:
         self.cfg = cfg
         self.prompts = load_prompts(cfg.prompts, EXPAND_SCHEMA)
         self.prompt_version = str(self.prompts["version"])
-        self._prompt_file_sha = _sha256_file(Path(self.prompts["_path"]))
+        self._prompt_file_sha = file_sha256(Path(self.prompts["_path"]))
         self._backend = backend
         self._owns_backend = backend is None
         self.budget = budget if budget is not None else self._budget_from_config()
@@ -229,7 +224,7 @@ class Expander:
                  if k in ("type", "model", "revision", "temperature", "top_p", "seed", "dtype")}
         if cfg.examples.pairs:
             examples = {"pairs": str(cfg.examples.pairs),
-                        "sha256": _sha256_file(Path(cfg.examples.pairs).expanduser()),
+                        "sha256": file_sha256(Path(cfg.examples.pairs).expanduser()),
                         "k": cfg.examples.k, "embedder": cfg.examples.embedder.model}
         else:
             examples = {"pairs": None, "k": cfg.examples.k, "embedder": cfg.examples.embedder.model}

@@ -46,7 +46,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import time
@@ -61,6 +60,7 @@ from pydantic import Field, field_validator
 
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError, ConfigError
+from captioner.record import file_sha256, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,6 @@ class TrainingPair:
     caption: str
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _PAIRS_HINT = "pass the pairs .jsonl written by `captioner pairs` (or its --sft chat export)"
@@ -372,16 +366,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     write_json_atomic(path, text)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final`` (an older ``final`` is set aside first, then removed)."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def _config_diffs(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -541,7 +525,7 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, cfg: TrainExpanderC
     _write_text_atomic(tmp / "state.json", json.dumps(
         {"format": CHECKPOINT_FORMAT, **state, "config": cfg.model_dump(mode="json"), "saved_at": time.time()},
         indent=2) + "\n")
-    _replace_dir(tmp, final)
+    replace_dir(tmp, final)
     log.info("saved checkpoint %s", final)
     return final
 
@@ -702,7 +686,7 @@ def train_expander(
                                     "choose another --out")
 
     pairs = load_training_pairs(pairs_path)
-    data_sha = _sha256_file(pairs_path)
+    data_sha = file_sha256(pairs_path)
     device, dtype = _resolve_device_dtype(cfg)
     dtype_name = str(dtype).removeprefix("torch.")
     ckpt = find_checkpoint(out, resume) if resume else None
@@ -872,7 +856,7 @@ def train_expander(
         tmp = out / ".tmp-adapter"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp))
-        _replace_dir(tmp, out / "adapter")
+        replace_dir(tmp, out / "adapter")
         result.adapter_dir = out / "adapter"
         merged = model.merge_and_unload()
     else:
@@ -886,7 +870,7 @@ def train_expander(
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    _replace_dir(tmp, out / "model")
+    replace_dir(tmp, out / "model")
     result.model_dir = out / "model"
     _write_text_atomic(out / "expand.yaml", _expand_yaml(cfg, out / "model", dtype_name, pairs_path.resolve(),
                                                        out / "expand.yaml"))

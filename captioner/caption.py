@@ -26,7 +26,6 @@ from captioner.diffsw import DiffSWConfig, DiffSWSession, frames_to_images, run_
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.grid import GridConfig, GridSession, load_grid_prompts, sample_grid_frames
 from captioner.keyframes import KeyframeConfig, KeyframeResult, extract_keyframes
-from captioner.modelrefs import resolve_model_ref
 from captioner.prompts import load_prompts
 from captioner.record import CaptionRecord, ClipRange, DiffCaption, FrameCaption, KeyframeEntry, VideoMeta
 from captioner.video import ClipView, VideoInfo, open_clip
@@ -49,10 +48,6 @@ class CaptionConfig(StrictModel):
         "diffsw", description="diffsw: keyframes + differential captions + summary; grid: one VLM call on a frame grid"
     )
     grid: GridConfig = Field(default_factory=GridConfig)
-
-
-def _with_resolved_model(cfg):
-    return cfg.model_copy(update={"model": resolve_model_ref(cfg.model)})
 
 
 def _describe(component: Any, ref: str | None) -> dict:
@@ -87,8 +82,6 @@ class ClipPreparer:
         self.config = config
         enc_cfg = config.keyframes.encoder
         self._encoder_ref = getattr(enc_cfg, "model", None) if encoder is None else None
-        if encoder is None and self._encoder_ref:
-            enc_cfg = _with_resolved_model(enc_cfg)
         self.encoder = encoder or build_encoder(enc_cfg)
 
     def prepare(
@@ -173,11 +166,11 @@ class VideoCaptioner:
             "captioner": config.captioner.model if captioner is None else None,
             "summarizer": summ_cfg.model if summarizer is None and (config.summarizer or captioner is None) else None,
         }
-        self.captioner = captioner or build_backend(_with_resolved_model(config.captioner))
+        self.captioner = captioner or build_backend(config.captioner)
         if summarizer is not None:
             self.summarizer = summarizer
         elif config.summarizer is not None:
-            self.summarizer = build_backend(_with_resolved_model(config.summarizer))
+            self.summarizer = build_backend(config.summarizer)
         else:
             self.summarizer = self.captioner
         self.models = {

@@ -692,10 +692,8 @@ class PairWriter:
         self._own = backend is None
         if backend is None:
             from captioner.backends import build_backend
-            from captioner.modelrefs import resolve_model_ref
 
-            wcfg = config.writer_config()
-            backend = build_backend(wcfg.model_copy(update={"model": resolve_model_ref(wcfg.model)}))
+            backend = build_backend(config.writer_config())
         self.backend = backend
 
     def describe(self) -> dict:

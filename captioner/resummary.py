@@ -316,15 +316,11 @@ class Resummarizer:
 
     def __init__(self, config: SummarizeConfig, backend: ChatBackend | None = None):
         from captioner.backends import build_backend
-        from captioner.modelrefs import resolve_model_ref
 
         self.config = config
         self.prompts = load_resummary_prompts(config.prompts)
         self._ref = config.summarizer.model if backend is None else None
-        if backend is None:
-            resolved = config.summarizer.model_copy(update={"model": resolve_model_ref(config.summarizer.model)})
-            backend = build_backend(resolved)
-        self.backend = backend
+        self.backend = backend if backend is not None else build_backend(config.summarizer)
 
     def describe(self) -> dict:
         info = dict(self.backend.describe())

@@ -311,3 +311,21 @@ def test_closed_backend_refuses(server, make_backend):
     b.close()
     with pytest.raises(BackendError, match="close"):
         b.generate([[Message.user("x")]])
+
+
+
+def test_a_served_model_named_by_a_path_is_not_looked_for_on_disk(server, monkeypatch):
+    """vLLM serves a local model under its path: for the openai backend that name is the server's, not a
+    file here, so building a captioner with it must not look for it on disk."""
+    from captioner.caption import CaptionConfig, VideoCaptioner
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    name = "/models/Qwen2.5-VL-7B-Instruct"
+    cfg = CaptionConfig.model_validate({"captioner": {"type": "openai", "model": name, "base_url": server.base_url,
+                                                      "api_key_env": KEY_ENV}})
+    captioner = VideoCaptioner(cfg, prepare=False)
+    try:
+        assert captioner.captioner.generate([[Message.user("hi")]]) == ["reply to: hi"]
+    finally:
+        captioner.captioner.close()
+    assert server.requests[0].body["model"] == name

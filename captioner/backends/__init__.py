@@ -71,7 +71,8 @@ _ADAPTER: TypeAdapter = TypeAdapter(BackendConfig)
 
 
 def build_backend(cfg: HFBackendConfig | OpenAIBackendConfig | dict) -> ChatBackend:
-    """Build the backend a config describes (a dict is validated first)."""
+    """Build the backend a config describes (a dict is validated first); an ``hf`` model reference is
+    resolved first (``tiny://NAME`` built on first use, ``~`` expanded)."""
     if isinstance(cfg, dict):
         try:
             cfg = _ADAPTER.validate_python(cfg)
@@ -79,7 +80,12 @@ def build_backend(cfg: HFBackendConfig | OpenAIBackendConfig | dict) -> ChatBack
             raise ConfigError(f"invalid backend config: {err}") from None
     if isinstance(cfg, HFBackendConfig):
         from captioner.backends.hf import HFBackend
+        from captioner.modelrefs import TINY_SCHEME, resolve_model_ref
 
+        # tiny://NAME and ~ resolved here, for every caller; a missing folder is reported by HFBackend (a
+        # BackendError naming it). A server's model name (openai) is never resolved: it is not a file here.
+        if cfg.model.startswith((TINY_SCHEME, "~")):
+            cfg = cfg.model_copy(update={"model": resolve_model_ref(cfg.model)})
         return HFBackend(cfg)
     if isinstance(cfg, OpenAIBackendConfig):
         from captioner.backends.openai import OpenAIBackend

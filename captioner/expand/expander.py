@@ -185,12 +185,7 @@ class Expander:
     @property
     def backend(self) -> ChatBackend:
         if self._backend is None:
-            from captioner.modelrefs import resolve_model_ref
-
-            spec = self.cfg.expander
-            if spec.type == "hf":
-                spec = spec.model_copy(update={"model": resolve_model_ref(spec.model)})
-            self._backend = build_backend(spec)
+            self._backend = build_backend(self.cfg.expander)
         return self._backend
 
     def _examples_source(self) -> list[Example]:

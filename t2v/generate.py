@@ -52,7 +52,7 @@ from pydantic import Field, field_validator, model_validator
 
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError
-from captioner.record import file_sha256
+from captioner.record import file_sha256, write_json_atomic
 from t2v.videoio import write_mp4
 
 __all__ = [
@@ -751,15 +751,7 @@ def _is_done(mp4: Path, sidecar: Path, planned: dict[str, Any], overwrite: bool)
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 @functools.lru_cache(maxsize=1)

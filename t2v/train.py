@@ -51,6 +51,7 @@ import torch
 
 from captioner.configbase import flatten_dict
 from captioner.record import replace_dir
+from captioner.record import write_json_atomic as write_text_atomic  # it writes any text
 from captioner.errors import CaptionerError, ConfigError
 from t2v.train_config import TrainConfig
 from t2v.videoio import write_mp4
@@ -157,19 +158,8 @@ def find_checkpoint(out_dir: str | os.PathLike, resume: str) -> Path | None:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _rng_state(generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -569,7 +559,6 @@ def _expand_validation_prompts(cfg: TrainConfig, spec, model_id: str, out: Path)
 
     expansions = expand_for_generation(cfg.validation.expand, list(cfg.validation.prompts), family=spec.name,
                                        model_id=model_id, revision=cfg.model.revision)
-    (out / "validation").mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out / "validation" / "expansions.json", expansions)
     for e in expansions:
         log.info("validation prompt %r: %s (%s tokens)", e["prompt"][:60], e["status"], e.get("tokens"))
@@ -767,7 +756,7 @@ def _export(run: _Run, model_id: str, data: dict, final_loss: float | None) -> t
             model.save_pretrained(str(tmp), safe_serialization=True)
             shutil.rmtree(transformer_dir, ignore_errors=True)
             os.replace(tmp, transformer_dir)
-        _write_text_atomic(run.out / "README.md", _model_card(run, model_id, data, final_loss))
+        write_text_atomic(run.out / "README.md", _model_card(run, model_id, data, final_loss))
     acc.wait_for_everyone()
     return lora_dir, transformer_dir
 
@@ -830,7 +819,7 @@ def _trim_metrics(path: Path, step: int) -> None:
             continue
         if isinstance(rec, dict) and int(rec.get("step", 0)) <= step:
             keep.append(line)
-    _write_text_atomic(path, "".join(line + "\n" for line in keep))
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def train(
@@ -976,7 +965,7 @@ def train(
 
     metrics_path = out / "metrics.jsonl"
     if is_main:
-        _write_text_atomic(out / "train_config.yaml", yaml.safe_dump(resolved_config(cfg), sort_keys=False))
+        write_text_atomic(out / "train_config.yaml", yaml.safe_dump(resolved_config(cfg), sort_keys=False))
         _write_base_model(out, cfg, spec, model_id)
         if ckpt_path is not None:
             _trim_metrics(metrics_path, run.global_step)

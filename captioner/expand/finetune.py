@@ -61,6 +61,7 @@ from pydantic import Field, field_validator
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError, ConfigError
 from captioner.record import file_sha256, replace_dir
+from captioner.record import write_json_atomic as write_text_atomic  # it writes any text
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,6 @@ class TrainingPair:
     id: str
     prompt: str
     caption: str
-
-
 
 
 _PAIRS_HINT = "pass the pairs .jsonl written by `captioner pairs` (or its --sft chat export)"
@@ -360,14 +359,6 @@ def find_checkpoint(out_dir: str | Path, resume: str) -> Path | None:
                                 "OUT/checkpoints/step-N")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    from captioner.record import write_json_atomic
-
-    write_json_atomic(path, text)
-
-
-
-
 def _config_diffs(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
     a, b = flatten_dict(then), flatten_dict(now)
     keys = sorted((set(a) | set(b)) - IGNORED_ON_RESUME)
@@ -415,7 +406,7 @@ class _Metrics:
         """Keep the lines of steps up to ``step`` (those after a checkpoint are redone on resume)."""
         rows = [r for r in self.read() if int(r.get("step", 0)) <= step]
         if rows or self.path.exists():
-            _write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -522,7 +513,7 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, cfg: TrainExpanderC
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     save_file({k: v.contiguous() for k, v in _rng_tensors(device).items()}, str(tmp / "rng.safetensors"))
-    _write_text_atomic(tmp / "state.json", json.dumps(
+    write_text_atomic(tmp / "state.json", json.dumps(
         {"format": CHECKPOINT_FORMAT, **state, "config": cfg.model_dump(mode="json"), "saved_at": time.time()},
         indent=2) + "\n")
     replace_dir(tmp, final)
@@ -784,7 +775,7 @@ def train_expander(
         log.info("resumed from %s (step %d of %d)", ckpt, step, total)
     out.mkdir(parents=True, exist_ok=True)
     metrics.truncate(step)
-    _write_text_atomic(out / "train_config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(out / "train_config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     log.info("%d training pairs, %d held out, %d dropped; %d steps (%d per epoch); %s trainable parameters "
              "on %s in %s", len(train_set), len(eval_set), dropped, total, groups_per_epoch, f"{n_trainable:,}",
              device, dtype_name)
@@ -872,10 +863,10 @@ def train_expander(
     tokenizer.save_pretrained(str(tmp))
     replace_dir(tmp, out / "model")
     result.model_dir = out / "model"
-    _write_text_atomic(out / "expand.yaml", _expand_yaml(cfg, out / "model", dtype_name, pairs_path.resolve(),
+    write_text_atomic(out / "expand.yaml", _expand_yaml(cfg, out / "model", dtype_name, pairs_path.resolve(),
                                                        out / "expand.yaml"))
     result.expand_config = out / "expand.yaml"
     result.seconds = time.perf_counter() - t_start
-    _write_text_atomic(out / "README.md", _readme(cfg, result, pairs_path, data_sha, len(pairs), dtype_name,
+    write_text_atomic(out / "README.md", _readme(cfg, result, pairs_path, data_sha, len(pairs), dtype_name,
                                                   str(device), max(longest_train, longest_eval)))
     return result

@@ -2,47 +2,25 @@
 
 Every command that writes takes ``--config`` (a YAML path or a preset name from
 ``configs/<command>/``), ``--set KEY=VALUE`` overrides for any config value, and ``--out``.
-Errors the user can fix are printed as one message (no traceback unless ``--debug``) and exit 1.
+Errors the user can fix are printed as one message (no traceback unless ``--debug``) and exit 1;
+``--debug`` and ``--verbose`` go before or after the subcommand (see ``captioner.clitools.CLIGroup``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 
 import click
 
-from captioner.clitools import config_options, resolve_config
+from captioner.clitools import CLIGroup, config_options, resolve_config
 from captioner.configbase import load_config
-from captioner.errors import CaptionerError
-
-class _Group(click.Group):
-    """Turns project errors into a one-line message and exit status 1 (traceback with --debug)."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except CaptionerError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.group(cls=CLIGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="densecap-t2v")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli() -> None:
     """Dense, time-aware video captions with ShareGPT4Video's DiffSW method."""
-    ctx.obj = {"debug": debug}
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    for noisy in ("httpx", "urllib3", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @cli.command()
@@ -63,8 +41,11 @@ def info(video: Path, backend: str) -> None:
 def keyframes(video: Path, out_dir: Path, config: str | None, overrides: tuple[str, ...], save_images: bool) -> None:
     """Extract semantic-aware keyframes; writes OUT/keyframes.json."""
     from captioner.keyframes import KeyframeConfig, extract_keyframes, save_keyframes
+    from captioner.paths import check_input_file, check_output_dir
 
     cfg = load_config(KeyframeConfig, resolve_config("keyframes", config), overrides)
+    check_input_file(video, "video")
+    check_output_dir(out_dir)
     result = extract_keyframes(video, cfg)
     path = save_keyframes(result, out_dir, save_images=save_images)
     times = ", ".join(f"{k.time:.2f}s" for k in result.keyframes)
@@ -80,12 +61,14 @@ def keyframes(video: Path, out_dir: Path, config: str | None, overrides: tuple[s
 def caption(video: Path, out_path: Path, config: str | None, overrides: tuple[str, ...], mode: str | None) -> None:
     """Caption one video with DiffSW (or grid mode); writes one JSON record."""
     from captioner.caption import CaptionConfig, caption_video
-    from captioner.record import save_record
+    from captioner.paths import check_input_file, check_output_file, write_or_keep
 
     extra = [*overrides, f"mode={mode}"] if mode else list(overrides)
     cfg = load_config(CaptionConfig, resolve_config("caption", config), extra)
+    check_input_file(video, "video")
+    check_output_file(out_path)
     record = caption_video(video, cfg)
-    save_record(record, out_path)
+    write_or_keep(out_path, record.to_json(), "record")  # a late write error keeps the record elsewhere
     if record.mode == "grid":
         click.echo(f"grid of {len(record.keyframes)} frames in {record.timings.get('total_s', 0):.1f}s")
     else:

@@ -13,6 +13,7 @@ instead of silently mixing captions made two ways.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from captioner.caption import CaptionConfig
 from captioner.configbase import StrictModel
 from captioner.errors import CaptionerError, ConfigError
 from captioner.manifest import Clip, read_input
+from captioner.paths import check_input, check_output_dir
 from captioner.record import CaptionRecord, write_json_atomic
 from captioner.shards import ERRORS_FILE, RECORDS_DIR, JsonlAppender, iter_jsonl, record_files, repair_partial_tail
 
@@ -44,6 +46,9 @@ class EngineConfig(StrictModel):
     engine: Literal["local", "ray"] = "local"
     workers: int = Field(2, ge=0, description="decode worker processes (0 = decode in the main process, no time limit)")
     clip_timeout_s: float = Field(300.0, gt=0, description="a clip whose decoding takes longer fails (worker killed)")
+    worker_start_timeout_s: float = Field(
+        300.0, gt=0, description="a decode worker not ready by then is replaced; the run stops if they keep failing"
+    )
     min_clip_seconds: float | None = Field(
         None, ge=0, description="shorter clips fail as too short; null = one keyframe interval"
     )
@@ -59,6 +64,10 @@ class EngineConfig(StrictModel):
     ray_actors: int | None = Field(None, ge=1, description="captioning actors (model replicas); null = one per GPU, else 1")
     ray_gpus_per_actor: float = Field(0.0, ge=0)
     ray_batch_clips: int = Field(16, ge=1, description="clips handed to an actor at a time")
+    ray_batch_timeout_s: float | None = Field(
+        None, gt=0, description="a batch not done by then: its actor is replaced and the batch retried; "
+        "null = clip_timeout_s per clip + 600 s"
+    )
 
 
 class RunConfig(CaptionConfig):
@@ -139,11 +148,13 @@ class RunOutput:
 
     def __init__(self, out_dir: str | Path, cfg: RunConfig, fsync: bool = True):
         self.dir = Path(out_dir)
+        self._made_dir = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
         self.caption_cfg = cfg.caption_config()
         self.key = config_key(self.caption_cfg)
         self.fsync = fsync
+        self.new = not (self.dir / RUN_FILE).exists()  # this run starts the folder (it writes run.json)
         self._check_config()
         self.done_keys = self._scan_records()
         self.failed_keys = self._scan_errors()
@@ -227,6 +238,19 @@ class RunOutput:
             self._records.close()
         self._errors.close()
 
+    def discard_if_unused(self) -> None:
+        """Remove what this run created in a folder it started, when no clip was recorded or failed."""
+        errors = self.dir / ERRORS_FILE
+        shards = record_files(self.dir)
+        if not self.new or any(f.stat().st_size for f in shards) or (errors.exists() and errors.stat().st_size):
+            return
+        self.close()
+        for f in (*shards, errors, self.dir / RUN_FILE, self.dir / SUMMARY_FILE):
+            f.unlink(missing_ok=True)
+        for d in (self.dir / RECORDS_DIR, self.dir) if self._made_dir else (self.dir / RECORDS_DIR,):
+            with contextlib.suppress(OSError):  # only if empty
+                d.rmdir()
+
 
 @dataclass
 class WorkItem:
@@ -236,9 +260,8 @@ class WorkItem:
     key: str
 
 
-def plan_run(input_path: str | Path, cfg: RunConfig, out: RunOutput, stats: RunStats) -> list[WorkItem]:
-    """The clips this run must caption: input, minus filtered duplicates, minus clips already done."""
-    clips = read_input(input_path)
+def plan_run(clips: list[Clip], cfg: RunConfig, out: RunOutput, stats: RunStats) -> list[WorkItem]:
+    """The clips this run must caption: the input's, minus filtered duplicates, minus clips already done."""
     stats.input_clips = len(clips)
     if cfg.filter is not None:
         clips = _filter_stage(clips, cfg, out.dir, stats)
@@ -271,11 +294,17 @@ def _filter_stage(clips: list[Clip], cfg: RunConfig, out_dir: Path, stats: RunSt
 
 
 def run_corpus(input_path: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Caption every clip of ``input_path`` into ``out_dir``; returns the run summary."""
+    """Caption every clip of ``input_path`` into ``out_dir``; returns the run summary.
+
+    The input is read and ``out_dir`` checked before the run folder is touched; a run that fails before
+    any clip is captioned or failed leaves no run.json or errors.jsonl of its own behind."""
+    check_input(input_path, "input")
+    clips = read_input(input_path)
+    check_output_dir(out_dir)
     out = RunOutput(out_dir, cfg, fsync=cfg.run.fsync)
     stats = RunStats()
     try:
-        todo = plan_run(input_path, cfg, out, stats)
+        todo = plan_run(clips, cfg, out, stats)
         log.info(
             "%d clips: %d already captioned, %d filtered out, %d to caption",
             stats.input_clips, stats.already_done, stats.filtered_out, stats.to_caption,
@@ -292,5 +321,8 @@ def run_corpus(input_path: str | Path, cfg: RunConfig, out_dir: str | Path, *, p
         stats.wall_seconds = time.time() - stats.started
         out.write_summary(stats, cfg.run.engine, final=True)
         return json.loads((out.dir / SUMMARY_FILE).read_text())
+    except BaseException:
+        out.discard_if_unused()  # e.g. a model that does not load: nothing was done
+        raise
     finally:
         out.close()

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 from pydantic import ValidationError
 
 from captioner.errors import CaptionerError
+from captioner.paths import check_output_dir
 from captioner.record import CaptionRecord, write_json_atomic
 
 FORMATS = ("jsonl", "metadata-csv", "metadata-jsonl", "prompts-txt")
@@ -273,9 +274,7 @@ def export_dataset(
     mode: VideoMode = videos or ("link" if needs_files else "none")
     if mode not in VIDEO_MODES:
         raise CaptionerError(f"unknown videos mode {mode!r}; choose from {', '.join(VIDEO_MODES)}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CaptionerError(f"{out}: exists and is not a folder")
+    out = check_output_dir(out_dir)
 
     records = read_source_records(source)
     result = ExportResult(out_dir=out, records=len(records))

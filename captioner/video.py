@@ -692,7 +692,7 @@ class PyAVReader(VideoReader):
             # The decoder flagged frames as corrupt after a seek: the file's keyframes are not clean
             # restart points (non-IDR I-frames referenced across). Seeking gives wrong frames here, so
             # this reader decodes from the start from now on.
-            log.info("%s: frames decoded after a seek are corrupt; reading it sequentially", self.path)
+            log.debug("%s: frames decoded after a seek are corrupt; reading it sequentially", self.path)
             self._sequential = True
             self._decode_sequential(indices, out)
 

@@ -54,6 +54,7 @@ from pydantic import Field
 
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError
+from captioner.paths import check_output_dir
 from captioner.record import write_json_atomic
 from captioner.shards import JsonlAppender, iter_jsonl, repair_partial_tail
 from t2v.data import (
@@ -450,7 +451,7 @@ def prepare_cache(
     target = cache_dir if cache_dir is not None else cfg.cache_dir
     if target is None:
         raise CacheError("no cache folder: give --out DIR (or cache_dir in the config)")
-    root = Path(target).expanduser()
+    root = check_output_dir(target)
     spec = get_family(cfg.model.family)
     for f, h, w in cfg.data.bucket_list():
         try:

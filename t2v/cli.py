@@ -8,11 +8,17 @@ from pathlib import Path
 
 import click
 
+from captioner.clitools import CLIGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=CLIGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="densecap-t2v")
 def cli() -> None:
-    """Fine-tune and drive text-to-video diffusion models on dense captions."""
+    """Fine-tune and drive text-to-video diffusion models on dense captions.
+
+    Every command takes --debug (tracebacks, debug logs) and --verbose (info logs, the libraries'
+    progress bars and warnings), before or after its name.
+    """
 
 
 @cli.command()
@@ -123,7 +129,6 @@ def prepare(config: str | None, overrides: tuple[str, ...], out: Path | None) ->
               help="Continue from the newest checkpoint of --out (latest), or from a checkpoint / run folder.")
 @click.option("--stop-after-step", "stop_after_step", type=int, metavar="N",
               help="End after global step N with a checkpoint (continue later with --resume latest).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
 def train_cmd(config: str | None, overrides: tuple[str, ...], out: Path, resume: str | None,
               stop_after_step: int | None, debug: bool) -> None:
     """Fine-tune a text-to-video model (LoRA or full) on captioned clips or a latent cache.
@@ -132,13 +137,11 @@ def train_cmd(config: str | None, overrides: tuple[str, ...], out: Path, resume:
     OUT/metrics.jsonl, OUT/logs/, OUT/README.md, OUT/train_config.yaml and OUT/base_model.json.
     For several GPUs: accelerate launch -m t2v.train --config CFG --out OUT (same options).
     """
-    import logging
     import sys
 
     from captioner.errors import CaptionerError
     from t2v.train import run_from_args
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         result = run_from_args(config, out, overrides, resume, stop_after_step)
     except CaptionerError as exc:
@@ -178,7 +181,6 @@ def _expansion_line(e) -> str:
 @click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the expansion cache.")
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Write every result (JSON lines) to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print each result as a JSON line instead of text.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
 def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...], prompts_file: Path | None,
                family: str | None, model_id: str | None, pairs: Path | None, force: bool, no_cache: bool,
                out: Path | None, as_json: bool, debug: bool) -> None:
@@ -193,7 +195,7 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
     import sys
 
     from captioner.errors import CaptionerError
-    from captioner.record import write_json_atomic
+    from captioner.paths import check_output_file, write_or_keep
     from t2v.expansion import load_expand_config, load_expander
 
     sets = list(overrides)
@@ -211,6 +213,8 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
             items += read_prompts(prompts_file)
         if not items:
             raise CaptionerError("give a PROMPT or --prompts FILE")
+        if out is not None:
+            check_output_file(out)
         cfg = load_expand_config(config, sets)
         with load_expander(cfg, family=family, model_id=model_id) as expander:
             if len(items) > cfg.chunk_size:
@@ -232,7 +236,8 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
             click.echo(e.text)
             click.echo(_expansion_line(e), err=True)
     if out is not None:
-        write_json_atomic(out, "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in results))
+        # a late write error keeps the results elsewhere; the group prints where (CaptionerError)
+        write_or_keep(out, "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in results), "results")
         click.echo(f"results: {out}", err=True)
 
 
@@ -270,7 +275,6 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
 @click.option("--expand/--no-expand", "expand", default=None,
               help="Expand the prompts first (the config's `expand`, else the preset 'default').")
 @click.option("--expand-config", "expand_config", metavar="PATH|PRESET", help="Expansion config (implies --expand).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
 def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[str, ...], prompts_file: Path | None,
                  out: Path | None, run: str | None, lora: str | None, seed: int | None,
                  videos_per_prompt: int | None, frames: int | None,
@@ -330,7 +334,6 @@ def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[
               help="Output folder (rerun with the same folder to resume).")
 @click.option("--prompt", "prompt", default=None, metavar="TEXT", help="The short prompt to expand and generate.")
 @click.option("--steps", "steps", default=6, show_default=True, type=click.IntRange(1, 1000), help="LoRA training steps.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
 def demo_cmd(out: Path, prompt: str | None, steps: int, debug: bool) -> None:
     """Run the whole toolkit offline on the CPU with tiny models: caption the sample clips, export a
     training set, train a LoRA, expand a short prompt and generate a video from it.

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from captioner.errors import CaptionerError
+from captioner.paths import check_output_dir
+from captioner.record import write_json_atomic
 
 __all__ = ["DEFAULT_PROMPT", "DemoResult", "run_demo", "samples_dir"]
 
@@ -101,7 +103,7 @@ def run_demo(
     for need in (clips, pairs):
         if not need.exists():
             raise CaptionerError(f"demo: {need} is missing; run the demo from a clone of the repository")
-    out = Path(out_dir).expanduser().resolve()
+    out = check_output_dir(Path(out_dir).expanduser().resolve())
     out.mkdir(parents=True, exist_ok=True)
     res = DemoResult(out_dir=out)
     total = 5
@@ -155,7 +157,7 @@ def run_demo(
             by_id = {e.id: e.prompt for e in expander.index.examples} if expansion.examples else {}
         res.expansion = expansion.to_dict()
         expansion_file = out / "expansion.json"
-        expansion_file.write_text(json.dumps(res.expansion, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json_atomic(expansion_file, json.dumps(res.expansion, indent=2, ensure_ascii=False) + "\n")
         done("expansion", t0, expansion_file, f"{expansion.status}, {expansion.tokens}/{expansion.max_tokens} tokens")
         for example_id in expansion.examples:
             echo(f"      style example (nearest pair): {by_id.get(example_id, example_id)!r}")
@@ -173,11 +175,11 @@ def run_demo(
         done("video", t0, res.video, "already made" if videos[0].skipped else f"sidecar {res.sidecar.name}")
 
     summary_file = out / "demo.json"
-    summary_file.write_text(json.dumps({
+    write_json_atomic(summary_file, json.dumps({
         "prompt": prompt,
         "outputs": {k: str(v) for k, v in res.outputs.items()},
         "seconds": res.seconds,
         "sidecar": str(res.sidecar),
-    }, indent=2) + "\n", encoding="utf-8")
+    }, indent=2) + "\n")
     echo(f"done in {sum(res.seconds.values()):.1f} s; outputs listed in {summary_file}")
     return res

@@ -52,6 +52,7 @@ from pydantic import Field, field_validator, model_validator
 
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError
+from captioner.paths import check_output_dir
 from captioner.record import file_sha256, write_json_atomic
 from t2v.videoio import write_mp4
 
@@ -858,10 +859,10 @@ def generate_videos(
     if expansions is not None:
         expansions = _check_expansions(expansions, len(prompts), "expansions")
     say = progress or (lambda _m: None)
+    out = check_output_dir(out_dir if out_dir is not None else cfg.out_dir)
     resolved = resolve_model(cfg)
     spec = get_family(resolved.family)
     settings = resolved_settings(cfg, resolved.family)
-    out = Path(out_dir if out_dir is not None else cfg.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     model_rec = resolved.record()
 

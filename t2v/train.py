@@ -49,10 +49,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from captioner.clitools import configure_output
 from captioner.configbase import flatten_dict
 from captioner.record import replace_dir
 from captioner.record import write_json_atomic as write_text_atomic  # it writes any text
 from captioner.errors import CaptionerError, ConfigError
+from captioner.paths import check_output_dir
 from t2v.train_config import TrainConfig
 from t2v.videoio import write_mp4
 
@@ -842,7 +844,7 @@ def train(
     from t2v.buckets import BucketBatchSampler
     from t2v.families import get_family
 
-    out = Path(out_dir).expanduser().resolve()
+    out = check_output_dir(Path(out_dir).expanduser().resolve())
     spec = get_family(cfg.model.family)
     model_id = cfg.model.resolved_id()
     tcfg = cfg.training
@@ -1082,6 +1084,8 @@ def _last_ckpt_text(out: Path) -> str:
 def run_from_args(config: str | None, out: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
                   resume: str | None = None, stop_after_step: int | None = None) -> TrainResult:
     """What ``t2v train`` and ``python -m t2v.train`` do."""
+    # the trainer's lines (data, checkpoints, validation) are these commands' progress: shown by default
+    log.setLevel(min(logging.INFO, logging.getLogger().level))
     if config is None:
         raise ConfigError("--config is required (a YAML file or a preset name such as tiny)")
     cfg = load_train_config(config, overrides)
@@ -1100,9 +1104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None, metavar="latest|PATH", help="continue from a checkpoint")
     parser.add_argument("--stop-after-step", type=int, default=None, metavar="N",
                         help="end after global step N, saving a checkpoint (continue later with --resume latest)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show info logs, and the libraries' progress bars and warnings")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_output(debug=args.debug, verbose=args.verbose)
     try:
         result = run_from_args(args.config, args.out, args.overrides, args.resume, args.stop_after_step)
     except CaptionerError as e:

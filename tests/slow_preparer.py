@@ -5,7 +5,7 @@ process on "crash", and prepares every other file normally. Loaded in worker pro
 import os
 import time
 
-from captioner.caption import ClipPreparer
+from captioner.caption import CaptionConfig, ClipPreparer
 
 
 class _Preparer(ClipPreparer):
@@ -18,5 +18,5 @@ class _Preparer(ClipPreparer):
         return super().prepare(video, start, end, min_duration=min_duration)
 
 
-def make(cfg):
-    return _Preparer(cfg)
+def make(config_data: dict):
+    return _Preparer(CaptionConfig.model_validate(config_data))

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
+from packaging.version import Version
 
 from captioner.cli import cli
+from captioner.clitools import CLIGroup
+from captioner.errors import CaptionerError
 from captioner.record import load_record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +28,21 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "captioner.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ},
     )
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def behaviour(record) -> dict:
+    """A record without timings and without the library versions it names (checked well-formed)."""
+    data = record.without_timings()
+    for role in ("captioner", "summarizer"):
+        version = data["models"][role].pop("transformers_version")
+        assert isinstance(version, str) and Version(version), (role, version)
+    return data
 
 
 def test_info_prints_metadata(samples_dir):
@@ -44,6 +64,52 @@ def test_bad_video_exits_nonzero_with_message_and_no_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_before_or_after_the_subcommand(tmp_path, where):
+    args = ["keyframes", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "kf")]
+    plain = CliRunner().invoke(cli, args)
+    assert plain.exit_code == 1 and plain.stderr.startswith("error: ") and plain.stderr.count("\n") == 1
+    assert "nope.mp4" in plain.stderr and "Traceback" not in plain.output
+    debug = CliRunner().invoke(cli, ["--debug", *args] if where == "before" else [*args, "--debug"])
+    assert isinstance(debug.exception, CaptionerError)  # raised on: Python prints the traceback
+
+
+def test_one_output_convention_in_both_clis():
+    """--debug and --verbose/-v: the same shared options on both groups and on every subcommand."""
+    from t2v.cli import cli as t2v_cli
+
+    for group in (cli, t2v_cli):
+        assert isinstance(group, CLIGroup)
+        for command in [group, *group.commands.values()]:
+            opts = {o for p in command.params for o in p.opts}
+            assert {"--debug", "--verbose", "-v"} <= opts, command.name
+
+
+@pytest.mark.parametrize("args, shown", [
+    ([], {"WARNING"}), (["-v"], {"INFO", "WARNING"}), (["--verbose"], {"INFO", "WARNING"}),
+    (["--debug"], {"DEBUG", "INFO", "WARNING"}),
+])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_log_levels(args, shown, where):
+    """Warnings only by default; --verbose adds INFO logs, --debug DEBUG logs (on stderr)."""
+    group = click.group(cls=CLIGroup)(lambda: None)
+
+    @group.command()
+    def hello() -> None:
+        log = logging.getLogger("captioner.hello")
+        log.debug("DEBUG line")
+        log.info("INFO line")
+        log.warning("WARNING line")
+        click.echo("result")
+
+    try:
+        result = CliRunner().invoke(group, [*args, "hello"] if where == "before" else ["hello", *args])
+        assert result.exit_code == 0 and result.stdout == "result\n"
+        assert {line.split()[0] for line in result.stderr.splitlines()} == shown
+    finally:
+        CliRunner().invoke(group, ["hello"])  # back to the defaults for the tests that follow
+
+
 def test_missing_video_and_bad_config_are_clear(tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["keyframes", str(tmp_path / "nope.mp4"), "--out", str(tmp_path)])
@@ -60,6 +126,7 @@ def test_keyframes_command_writes_json_and_images(samples_dir, tmp_path):
         cli, ["keyframes", str(samples_dir / "cockatoo.mp4"), "--out", str(out), "--save-images", "--set", "max_keyframes=4"]
     )
     assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # quiet by default: only the command's own lines, on stdout
     data = json.loads((out / "keyframes.json").read_text())
     kfs = data["keyframes"]
     assert 1 <= len(kfs) <= 4
@@ -74,6 +141,8 @@ def test_caption_command_end_to_end_with_tiny_models(samples_dir, tiny_models, t
     out = tmp_path / "cockatoo.json"
     proc = run_cli("caption", "samples/cockatoo.mp4", "--config", "tiny", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no library logs, warnings or weight-loading bars without --verbose
+    assert proc.stdout.splitlines()[-1] == f"wrote {out}"
     record = load_record(out)
     assert record.video.num_frames == 280 and record.video.fps == pytest.approx(20.0)
     assert len(record.keyframes) >= 2
@@ -89,9 +158,11 @@ def test_caption_command_end_to_end_with_tiny_models(samples_dir, tiny_models, t
     assert set(record.timings) >= {"keyframes_s", "first_caption_s", "diff_captions_s", "summary_s", "total_s"}
     assert record.config["keyframes"]["threshold"] is not None  # the threshold really applied
 
-    # samples/cockatoo.diffsw.json is what this command wrote when it was shipped (same tiny models).
+    # samples/cockatoo.diffsw.json is what this command wrote when it was shipped (same tiny models);
+    # the library versions it names follow the install, so they only have to be there.
     shipped = load_record(samples_dir / "cockatoo.diffsw.json")
-    assert record.without_timings() == shipped.without_timings()
+    assert record.models["captioner"]["transformers_version"] == transformers_version()
+    assert behaviour(record) == behaviour(shipped)
 
     # Greedy decoding: the same command gives the same record (only timings differ).
     again = tmp_path / "again.json"

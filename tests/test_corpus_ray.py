@@ -53,3 +53,53 @@ def test_ray_engine_matches_local_engine_and_resumes(media, samples_dir, tiny_mo
     again = run_corpus(corpus, _cfg("run.workers=0"), ray_out, progress=False)
     assert again["already_done"] == 2 and again["captioned"] == 0
     assert len(list(iter_records(ray_out))) == 2
+
+
+def _actor_pids(title: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes().startswith(title.encode()):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the actor's process through /proc")
+def test_ray_engine_survives_an_actor_killed_mid_batch(media, tiny_models, tmp_path):
+    """kill -9 of the captioning actor while it works on a batch: the batch goes to a new actor and
+    every clip is still captioned once; the run neither stops nor hangs."""
+    import os
+    import signal
+    import threading
+    import time
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        shutil.copy(media["multiscene"] if i % 2 else media["static"], corpus / f"clip{i}.mp4")
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not killed and not stop.is_set():
+            for pid in _actor_pids("ray::CaptionActor.caption"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        summary = run_corpus(corpus, _cfg("run.engine=ray", "run.ray_num_cpus=2", "run.workers=1", "run.ray_batch_clips=3"),
+                             tmp_path / "run", progress=False)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert killed, "the actor was never seen working"
+    assert summary["captioned"] == 3 and summary["failed"] == 0
+    assert sorted(Path(r.video.path).name for r in iter_records(tmp_path / "run")) == ["clip0.mp4", "clip1.mp4", "clip2.mp4"]

@@ -309,6 +309,9 @@ def test_cli(tiny, tmp_path, monkeypatch):
     res = runner.invoke(cli, ["generate", "--config", "tiny", "--prompt", PROMPT, "--prompt", "A cat.",
                               "--out", str(out), "--seed", "3", "--negative", "blurry: low quality"])
     assert res.exit_code == 0, res.output
+    # quiet by default: no library logs, warnings or weight-loading bars (the denoising bar stays)
+    noise = [line for line in res.stderr.splitlines() if "Loading" in line or line.startswith(("INFO", "WARNING"))]
+    assert not noise, noise
     mp4, sidecar = out / "000-a-white-cockatoo-raises-its-crest.mp4", out / "000-a-white-cockatoo-raises-its-crest.json"
     assert f"wrote {mp4} (sidecar {sidecar})" in res.stdout and "001-a-cat.mp4" in res.stdout
     rec = json.loads(sidecar.read_text())
@@ -358,6 +361,10 @@ def test_cli_errors(tiny, tmp_path):
     assert res.exit_code == 1 and "wan: num_frames must be 4*k + 1" in res.stderr
     res = runner.invoke(cli, ["generate", "--prompt", "x"])
     assert res.exit_code == 1 and "give --config" in res.stderr
+    # --debug before or after the subcommand: the error is raised (a traceback) instead of one line
+    for args in (["--debug", "generate", "--prompt", "x"], ["generate", "--prompt", "x", "--debug"]):
+        res = runner.invoke(cli, args)
+        assert isinstance(res.exception, CaptionerError) and "error:" not in res.stderr, args
     res = runner.invoke(cli, [*base, "--prompt", "x", "--run", str(tmp_path / "nowhere")])
     assert res.exit_code == 1 and "model.run: " in res.stderr and "is not a folder" in res.stderr
 

@@ -49,15 +49,18 @@ def command(
     """
     from captioner.errors import CaptionerError
     from captioner.export import describe_skips, export_dataset, parse_formats, stale_metadata
+    from captioner.paths import check_input, check_output_dir
 
     fmts = parse_formats(formats)
     if (config or overrides) and caption != "resummary":
         raise CaptionerError("--config/--set configure the re-summarising model: they need --caption resummary")
+    check_output_dir(out_dir)
     summarizer = None
     if caption == "resummary" and config is not None:
         from captioner.configbase import load_config
         from captioner.resummary import Resummarizer, SummarizeConfig
 
+        check_input(source, "run folder or record file")  # before the model loads (else export_dataset says it)
         summarizer = Resummarizer(load_config(SummarizeConfig, resolve_config("summarize", config), overrides))
     try:
         result = export_dataset(

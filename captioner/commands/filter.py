@@ -24,11 +24,13 @@ def command(manifest: Path, out_dir: Path, config: str | None, overrides: tuple[
     from captioner.configbase import load_config
     from captioner.filter import FilterConfig, filter_clips, write_filter_outputs
     from captioner.manifest import CAPTION_KEYS, ManifestError, read_manifest
+    from captioner.paths import check_output_dir
 
     t0 = time.perf_counter()
     cfg = load_config(FilterConfig, resolve_config("filter", config), overrides)
     if manifest.is_dir():
         raise ManifestError(f"{manifest}: is a folder; filter needs a manifest file (.csv, .tsv, .jsonl) with captions")
+    check_output_dir(out_dir)
     clips = read_manifest(manifest)
     if not any(c.caption and c.caption.strip() for c in clips):
         raise ManifestError(

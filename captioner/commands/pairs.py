@@ -63,8 +63,12 @@ def command(
         load_pairs_prompts,
         mine_pairs,
     )
+    from captioner.paths import check_output_file
 
     cfg = load_config(PairsConfig, resolve_config("pairs", config), overrides)
+    for path in (out_path, sft_path):
+        if path is not None:
+            check_output_file(path)
     result = mine_pairs(captions, out_path, cfg, limit=limit, progress=not no_progress)
     click.echo(_counts(result))
     if result.usage:

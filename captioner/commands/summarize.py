@@ -37,15 +37,16 @@ def command(
     (JSON): the range, the differential captions used, the new caption, prompt version and model.
     """
     from captioner.configbase import load_config
-    from captioner.record import write_json_atomic
+    from captioner.paths import check_output_file, write_or_keep
     from captioner.resummary import Resummarizer, SummarizeConfig, check_range, pick_record
 
     rec, name = pick_record(record, video, clip_start)
     check_range(rec, start, end, name)  # before loading any model
+    check_output_file(out_path)
     cfg = load_config(SummarizeConfig, resolve_config("summarize", config), overrides)
     with Resummarizer(cfg) as summarizer:
         (result,) = summarizer([(rec, start, end)], record_paths=[str(record)])
-    write_json_atomic(out_path, result.to_json())
+    write_or_keep(out_path, result.to_json(), "summary")
     click.echo(
         f"{len(result.diff_captions)} differential captions in {result.start:g}-{result.end:g}s "
         f"({len(result.context_diff_captions)} before it as context)"

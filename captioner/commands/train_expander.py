@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
 from pathlib import Path
 
@@ -22,10 +21,8 @@ def _loss(v: float | None) -> str:
 @click.option("--resume", "resume", metavar="latest|PATH",
               help="Continue from the newest checkpoint in OUT (latest) or a checkpoint folder.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-@click.pass_context
-def command(ctx: click.Context, pairs: Path, out_dir: Path, config: str | None, overrides: tuple[str, ...],
-            resume: str | None, no_progress: bool, debug: bool) -> None:
+def command(pairs: Path, out_dir: Path, config: str | None, overrides: tuple[str, ...],
+            resume: str | None, no_progress: bool) -> None:
     """Fine-tune an instruct model (LoRA) to expand short prompts like the captions of PAIRS.
 
     PAIRS: the .jsonl written by `captioner pairs` (or its --sft chat export). Each pair is trained as
@@ -36,12 +33,10 @@ def command(ctx: click.Context, pairs: Path, out_dir: Path, config: str | None, 
     """
     from captioner.configbase import load_config
     from captioner.expand.finetune import TrainExpanderConfig, train_expander
-
-    if debug:
-        if ctx.obj is not None:
-            ctx.obj["debug"] = True
-        logging.getLogger().setLevel(logging.DEBUG)
+    from captioner.paths import check_input_file, check_output_dir
     cfg = load_config(TrainExpanderConfig, resolve_config("train-expander", config), overrides)
+    check_input_file(pairs, "pairs file")
+    check_output_dir(out_dir)
     result = train_expander(pairs, out_dir, cfg, resume=resume, progress=not no_progress)
     if result.resumed_from is not None:
         click.echo(f"resumed from {result.resumed_from}")

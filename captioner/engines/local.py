@@ -55,6 +55,7 @@ class LocalPipeline:
             self.caption_cfg.model_dump(mode="json"),
             workers=cfg.run.workers,
             timeout_s=cfg.run.clip_timeout_s,
+            start_timeout_s=cfg.run.worker_start_timeout_s,
             min_duration=cfg.keyframes.interval if min_s is None else min_s,
         )
 

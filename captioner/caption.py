@@ -10,6 +10,7 @@ The work splits in two halves that corpus runs put in different processes:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,7 +246,7 @@ class VideoCaptioner:
         return CaptionRecord(
             mode=self.config.mode,
             video=VideoMeta(
-                path=prepared.path,
+                path=os.path.abspath(prepared.path),  # readable from any working directory
                 size_bytes=info.size_bytes,
                 fps=info.fps,
                 num_frames=info.num_frames,

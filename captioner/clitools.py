@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.abc
 import inspect
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -18,15 +19,28 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def resolve_config(command: str, value: str | None) -> Path | None:
-    """``--config`` takes a file path or a preset name (``tiny`` -> ``configs/<command>/tiny.yaml``)."""
+    """``--config`` takes a file path or a preset name (``tiny`` -> ``configs/<command>/tiny.yaml``).
+
+    A value that looks like a path (it has a ``/``, starts with ``~`` or ends in ``.yaml``/``.yml``) is
+    a file. A bare name is the preset of that name, even when a file of that name is in the working
+    directory (write ``./tiny`` for the file; the choice is logged at --verbose); a bare name that is
+    no preset is a file when one exists."""
     if value is None:
         return None
+    value = os.fspath(value)
     path = Path(value).expanduser()
-    if path.is_file() or value.endswith((".yaml", ".yml")) or "/" in value:
+    seps = tuple(s for s in (os.sep, os.altsep, "/") if s)
+    if any(s in value for s in seps) or value.startswith("~") or value.endswith((".yaml", ".yml")):
         return path
     preset = CONFIGS_DIR / command / f"{value}.yaml"
     if preset.is_file():
+        if path.is_file():
+            logging.getLogger(__name__).info(
+                "--config %s: the preset %s (not the file %s in the working directory: write ./%s for it)",
+                value, preset, path, value)
         return preset
+    if path.is_file():
+        return path
     known = sorted(p.stem for p in (CONFIGS_DIR / command).glob("*.yaml"))
     raise CaptionerError(
         f"config {value!r}: no such file, and no preset of that name for '{command}'"

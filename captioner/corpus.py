@@ -29,8 +29,8 @@ from captioner.caption import CaptionConfig
 from captioner.configbase import StrictModel
 from captioner.errors import CaptionerError, ConfigError
 from captioner.manifest import Clip, read_input
-from captioner.paths import check_input, check_output_dir
-from captioner.record import CaptionRecord, write_json_atomic
+from captioner.paths import check_input, check_output_dir, write_failure
+from captioner.record import CaptionRecord, lock_output, write_json_atomic
 from captioner.shards import ERRORS_FILE, RECORDS_DIR, JsonlAppender, iter_jsonl, record_files, repair_partial_tail
 
 log = logging.getLogger(__name__)
@@ -144,25 +144,33 @@ class RunStats:
 
 
 class RunOutput:
-    """The run folder: config check, what is done, and durable writing of records and errors."""
+    """The run folder: exclusive lock, config check, what is done, and durable writing of records and
+    errors. One run at a time: the folder is locked (``DIR/.lock``) until :meth:`close`, and a second
+    run on it stops with an error naming the holder's pid."""
 
     def __init__(self, out_dir: str | Path, cfg: RunConfig, fsync: bool = True):
         self.dir = Path(out_dir)
         self._made_dir = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.cfg = cfg
-        self.caption_cfg = cfg.caption_config()
-        self.key = config_key(self.caption_cfg)
-        self.fsync = fsync
-        self.new = not (self.dir / RUN_FILE).exists()  # this run starts the folder (it writes run.json)
-        self._check_config()
-        self.done_keys = self._scan_records()
-        self.failed_keys = self._scan_errors()
         self._records: JsonlAppender | None = None
-        self._records_in_shard = 0
-        self._shard_no = 0
-        self._token = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        self._errors = JsonlAppender(self.dir / ERRORS_FILE, fsync=fsync)
+        self._errors: JsonlAppender | None = None
+        self._lock = lock_output(self.dir, "captioner run")  # before anything is read or written here
+        try:
+            self.cfg = cfg
+            self.caption_cfg = cfg.caption_config()
+            self.key = config_key(self.caption_cfg)
+            self.fsync = fsync
+            self.new = not (self.dir / RUN_FILE).exists()  # this run starts the folder (it writes run.json)
+            self._check_config()
+            self.done_keys = self._scan_records()
+            self.failed_keys = self._scan_errors()
+            self._records_in_shard = 0
+            self._shard_no = 0
+            self._token = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            self._errors = JsonlAppender(self.dir / ERRORS_FILE, fsync=fsync)
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _check_config(self) -> None:
         path = self.dir / RUN_FILE
@@ -179,10 +187,13 @@ class RunOutput:
                     "resuming would mix captions made two ways. Use a new --out folder, or the original config."
                 )
             return
-        write_json_atomic(
-            path,
-            json.dumps({"config_key": self.key, "caption_config": wanted, "created": time.time()}, indent=2) + "\n",
-        )
+        try:
+            write_json_atomic(
+                path,
+                json.dumps({"config_key": self.key, "caption_config": wanted, "created": time.time()}, indent=2) + "\n",
+            )
+        except OSError as exc:
+            raise CaptionerError(write_failure(path, exc)) from None
 
     def _scan_records(self) -> set[str]:
         """Keys of the clips already recorded; a torn last line (a killed writer) is cut off first."""
@@ -231,12 +242,24 @@ class RunOutput:
         data = stats.as_dict(engine)
         data["finished"] = final
         data["config_key"] = self.key
-        write_json_atomic(self.dir / SUMMARY_FILE, json.dumps(data, indent=2) + "\n")
+        path = self.dir / SUMMARY_FILE
+        try:
+            write_json_atomic(path, json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            raise CaptionerError(
+                f"{write_failure(path, exc)}; the records written so far are kept in {self.dir / RECORDS_DIR}: "
+                "run the same command again to resume"
+            ) from None
 
     def close(self) -> None:
-        if self._records is not None:
-            self._records.close()
-        self._errors.close()
+        """Close the files and release the run folder's lock (idempotent)."""
+        try:
+            if self._records is not None:
+                self._records.close()
+            if self._errors is not None:
+                self._errors.close()
+        finally:
+            self._lock.release()
 
     def discard_if_unused(self) -> None:
         """Remove what this run created in a folder it started, when no clip was recorded or failed."""
@@ -244,9 +267,9 @@ class RunOutput:
         shards = record_files(self.dir)
         if not self.new or any(f.stat().st_size for f in shards) or (errors.exists() and errors.stat().st_size):
             return
-        self.close()
         for f in (*shards, errors, self.dir / RUN_FILE, self.dir / SUMMARY_FILE):
             f.unlink(missing_ok=True)
+        self.close()  # also removes the lock file, so a folder this run made can be removed
         for d in (self.dir / RECORDS_DIR, self.dir) if self._made_dir else (self.dir / RECORDS_DIR,):
             with contextlib.suppress(OSError):  # only if empty
                 d.rmdir()

@@ -8,6 +8,8 @@ without a traceback.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 
 
 class CaptionerError(Exception):
@@ -29,3 +31,31 @@ class ConfigError(CaptionerError):
 
 class BackendError(CaptionerError):
     """A language-model backend failed (server unreachable, retries exhausted, bad response)."""
+
+
+class AuthError(BackendError):
+    """A server refused the credentials (HTTP 401/403): every further request would fail the same way,
+    so a corpus run stops at the first one instead of failing each clip."""
+
+
+REDACTED = "[redacted]"
+
+# the value of an ``Authorization`` / ``api-key`` / ``x-api-key`` header or field, as a server, proxy or
+# exception may echo it (``Authorization: Bearer ...``, ``"authorization": "..."``, ``api_key=...``),
+# then any ``Bearer <token>`` left
+_HEADER_VALUE = re.compile(
+    r"""(?i)\b((?:proxy-)?authorization|x-api-key|api[-_]?key)(["']?\s*[:=]\s*["']?)"""
+    r"""(?:(?:bearer|basic|token)\s+)?[^"'\s,;}]+"""
+)
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=:-]+")
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` with every value of ``secrets`` (e.g. the API key), every ``Authorization``/``api-key``
+    value and every ``Bearer <token>`` replaced by ``[redacted]``: for whatever text from a server or a
+    library goes into an error message, a log line or a record."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    text = _HEADER_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)

@@ -372,13 +372,8 @@ def export_dataset(
 
 
 def _write(path: Path, text: str) -> Path:
-    """Write atomically, with the permissions a plain ``open()`` would give (the temporary file of an
-    atomic write is private to the user)."""
-    write_json_atomic(path, text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-    return path
+    """Write atomically, with the permissions a plain ``open()`` would give (write_json_atomic sets them)."""
+    return write_json_atomic(path, text)
 
 
 def describe_skips(result: ExportResult) -> str:

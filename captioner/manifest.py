@@ -3,13 +3,16 @@
 A manifest needs a path column (``path``, ``video``, ``video_path``, ``file_name`` or ``filepath``)
 and may have a short caption (``caption``, ``short_caption``, ``text``, ``prompt`` or ``title``) and a
 clip range in seconds (``start``/``end``), so one long video can yield several clips. Relative paths
-are taken relative to the manifest's folder. Problems name the file and the line.
+are taken relative to the manifest's folder (not the working directory), and every clip's path is
+absolute, so records name the same file wherever they are read from. A manifest is UTF-8 text, with or
+without a byte-order mark (Excel's "CSV UTF-8" writes one). Problems name the file and the line.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -114,6 +117,22 @@ def _clip_from_row(row: dict[str, Any], base: Path, where: str) -> Clip:
     return Clip(str(path), start, end, None if caption is None else str(caption), where, extra)
 
 
+def read_utf8(path: str | Path, error: type[CaptionerError] = ManifestError) -> str:
+    """The text of a UTF-8 file, without a leading byte-order mark; a file in another encoding (Latin-1,
+    cp1252, UTF-16) raises ``error`` naming the file, the line and the byte offset of the first byte
+    that is not UTF-8."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "re-save the file as UTF-8 (in Excel: \"CSV UTF-8\")"
+        ) from None
+
+
 def read_manifest(path: str | Path) -> list[Clip]:
     """Clips of a CSV (header row) or JSONL (one object a line) manifest."""
     path = Path(path)
@@ -123,7 +142,7 @@ def read_manifest(path: str | Path) -> list[Clip]:
     suffix = path.suffix.lower()
     clips: list[Clip] = []
     if suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as fh:
+        with io.StringIO(read_utf8(path)) as fh:  # lines end at "\n" only, as in the file
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -135,15 +154,18 @@ def read_manifest(path: str | Path) -> list[Clip]:
                     raise ManifestError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
                 clips.append(_clip_from_row(row, base, f"{path}:{n}"))
     elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as fh:
+        with io.StringIO(read_utf8(path), newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
             if not reader.fieldnames or not set(reader.fieldnames) & set(PATH_KEYS):
                 raise ManifestError(
                     f"{path}: header has no video path column (expected one of {', '.join(PATH_KEYS)}; "
                     f"found {', '.join(reader.fieldnames or []) or 'nothing'})"
                 )
-            for n, row in enumerate(reader, 2):
-                clips.append(_clip_from_row(row, base, f"{path}:{n}"))
+            try:
+                for n, row in enumerate(reader, 2):
+                    clips.append(_clip_from_row(row, base, f"{path}:{n}"))
+            except csv.Error as exc:
+                raise ManifestError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
     else:
         raise ManifestError(f"{path}: unknown manifest type {suffix!r} (use .csv, .tsv or .jsonl)")
     if not clips:
@@ -153,7 +175,7 @@ def read_manifest(path: str | Path) -> list[Clip]:
 
 def find_videos(folder: str | Path) -> list[Clip]:
     """Every video file under ``folder`` (recursive, sorted), one clip each."""
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))  # records name files by absolute path (same key as before)
     files = sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
     )

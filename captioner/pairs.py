@@ -52,7 +52,7 @@ from captioner.backends.base import ChatBackend, Message
 from captioner.configbase import StrictModel
 from captioner.errors import BackendError, CaptionerError, ConfigError
 from captioner.prompts import load_prompts
-from captioner.record import write_json_atomic
+from captioner.record import lock_output, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -563,16 +563,22 @@ class PairsOutput:
         self.meta_path, self.errors_path = sidecar_paths(self.path)
         self.fsync = cfg.fsync
         self.settings = meta_settings(cfg, prompts)
-        self.done = self._ids(self.path)  # an unfinished last line is not counted: it is cut below
-        errored = self._ids(self.errors_path)
-        self._check_meta(cfg, prompts, has_data=bool(self.done or errored))
-        repair_partial_tail(self.path)  # only once the file is known to be ours
-        repair_partial_tail(self.errors_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()  # PAIRS exists (maybe empty) once a run has started
-        self.failed = errored - self.done
         self._pairs = None
         self._errors = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # one run per PAIRS file: `.PAIRS.lock` beside it, held until close()
+        self._lock = lock_output(self.path, "captioner pairs", self.path.with_name(f".{self.path.name}.lock"))
+        try:
+            self.done = self._ids(self.path)  # an unfinished last line is not counted: it is cut below
+            errored = self._ids(self.errors_path)
+            self._check_meta(cfg, prompts, has_data=bool(self.done or errored))
+            repair_partial_tail(self.path)  # only once the file is known to be ours
+            repair_partial_tail(self.errors_path)
+            self.path.touch()  # PAIRS exists (maybe empty) once a run has started
+            self.failed = errored - self.done
+        except BaseException:
+            self._lock.release()
+            raise
 
     @staticmethod
     def _ids(path: Path) -> set[str]:
@@ -654,9 +660,12 @@ class PairsOutput:
         self.failed.add(item.id)
 
     def close(self) -> None:
-        for app in (self._pairs, self._errors):
-            if app is not None:
-                app.close()
+        try:
+            for app in (self._pairs, self._errors):
+                if app is not None:
+                    app.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> PairsOutput:
         return self

@@ -13,11 +13,16 @@ from pathlib import Path
 
 from captioner.errors import CaptionerError
 
-__all__ = ["check_input", "check_input_file", "check_output_dir", "check_output_file", "write_or_keep"]
+__all__ = ["check_input", "check_input_file", "check_output_dir", "check_output_file", "write_failure", "write_or_keep"]
 
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def write_failure(path: str | os.PathLike, exc: OSError) -> str:
+    """The one-line message of a write that failed: ``PATH: cannot write (No space left on device)``."""
+    return f"{path}: cannot write ({_reason(exc)})"
 
 
 def check_input(path: str | os.PathLike, what: str = "input") -> Path:
@@ -86,7 +91,7 @@ def check_output_dir(path: str | os.PathLike) -> Path:
 def write_or_keep(path: str | os.PathLike, text: str, what: str = "output") -> Path:
     """Write ``text`` to ``path`` (atomically); when that fails, finished work is not lost: it is kept in
     a new file in the current folder (else the system's temporary folder) and the error says where."""
-    from captioner.record import write_json_atomic
+    from captioner.record import normal_mode, write_json_atomic
 
     path = Path(path)
     try:
@@ -101,6 +106,7 @@ def write_or_keep(path: str | os.PathLike, text: str, what: str = "output") -> P
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
+            normal_mode(kept)  # mkstemp makes it owner-only
         except OSError:
             Path(kept).unlink(missing_ok=True)
             continue

@@ -14,12 +14,14 @@ writers cut it off before appending.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from captioner.errors import CaptionerError
+from captioner.paths import write_failure
 from captioner.record import CaptionRecord
 
 RECORDS_DIR = "records"
@@ -75,21 +77,34 @@ def iter_records(run_dir: str | Path) -> Iterator[CaptionRecord]:
 
 
 class JsonlAppender:
-    """Appends whole lines to a JSONL file, durably; repairs a torn last line on open."""
+    """Appends whole lines to a JSONL file, durably; repairs a torn last line on open.
+
+    A write that fails (a full disk, a quota) is cut back off the file, so the lines written before stay
+    whole, and raised as a :class:`CaptionerError` naming the file and the reason."""
 
     def __init__(self, path: str | Path, fsync: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            repair_partial_tail(self.path)
+            self._fh = self.path.open("ab", buffering=0)  # unbuffered: a failed write is never retried at close
+        except OSError as exc:
+            raise CaptionerError(write_failure(self.path, exc)) from None
         self.fsync = fsync
-        repair_partial_tail(self.path)
-        self._fh = self.path.open("ab")
 
     def append(self, obj: dict[str, Any]) -> None:
-        line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-        self._fh.write(line)
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        line = memoryview((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+        fd = self._fh.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while line:
+                line = line[os.write(fd, line):]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # no torn line: what was written before stays whole
+            raise CaptionerError(f"{write_failure(self.path, exc)}; the lines written before are kept") from None
 
     def close(self) -> None:
         if not self._fh.closed:

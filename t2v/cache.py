@@ -35,7 +35,6 @@ dataset), so a resumed cache and a fresh one list the same samples in the same o
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -55,7 +54,7 @@ from pydantic import Field
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError
 from captioner.paths import check_output_dir
-from captioner.record import write_json_atomic
+from captioner.record import lock_output, normal_mode, write_json_atomic
 from captioner.shards import JsonlAppender, iter_jsonl, repair_partial_tail
 from t2v.data import (
     Bucket,
@@ -307,7 +306,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        normal_mode(tmp)  # mkstemp and save_file make owner-only files
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -318,31 +317,6 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 def _write_index_atomic(path: Path, entries: Sequence[dict[str, Any]]) -> None:
     text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
     write_json_atomic(path, text)
-
-
-class _Lock:
-    """An exclusive lock on the cache folder for the length of a prepare run."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / LOCK_FILE
-        self._fh = self.path.open("a+")
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.seek(0)
-            who = self._fh.read().strip()
-            self._fh.close()
-            raise CacheError(f"{root}: another `t2v prepare` is writing to this cache"
-                             + (f" (pid {who})" if who else "")) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
-
-    def release(self) -> None:
-        if not self._fh.closed:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,7 +437,7 @@ def prepare_cache(
     identity = cache_identity(cfg)
     key = _key_of(identity)
     root.mkdir(parents=True, exist_ok=True)
-    lock = _Lock(root)
+    lock = lock_output(root, "t2v prepare", root / LOCK_FILE)  # one prepare run per cache folder
     try:
         info = _check_identity(root, identity, key)
         ds = VideoTextDataset(read_samples(cfg.data.path), cfg.data)  # raises DataError when empty

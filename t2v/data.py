@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from pydantic import Field, field_validator, model_validator
 
 from captioner.configbase import StrictModel
 from captioner.errors import CaptionerError, VideoError
+from captioner.manifest import read_utf8
 from captioner.video import ClipView, VideoInfo, VideoReader, open_video
 from t2v.buckets import (
     Bucket,
@@ -177,8 +179,8 @@ def _read_jsonl(path: Path) -> list[SampleSpec]:
     out: list[SampleSpec] = []
     hint = "each line needs 'video' (or 'file_name') and 'caption', optionally 'start'/'end'"
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_utf8(path, DataError)  # a BOM is dropped; another encoding names the line and byte
+    except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -197,7 +199,7 @@ def _read_jsonl(path: Path) -> list[SampleSpec]:
 def _read_csv(path: Path) -> list[SampleSpec]:
     out: list[SampleSpec] = []
     try:
-        fh = path.open(newline="", encoding="utf-8")
+        fh = io.StringIO(read_utf8(path, DataError), newline="")  # Excel's "CSV UTF-8" starts with a BOM
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
     with fh:
@@ -229,8 +231,8 @@ def _read_csv(path: Path) -> list[SampleSpec]:
 
 def _text_lines(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+        lines = read_utf8(path, DataError).splitlines()
+    except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
     while lines and not lines[-1].strip():  # trailing blank lines are not entries
         lines.pop()

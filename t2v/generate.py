@@ -838,6 +838,7 @@ def generate_videos(
     progress: Callable[[str], None] | None = None,
     pipeline=None,
     progress_bar: bool = False,
+    call_kwargs: dict[str, Any] | None = None,
 ) -> list[GeneratedVideo]:
     """Generate one video per prompt into ``out_dir`` (default ``cfg.out_dir``); see the module doc.
 
@@ -846,7 +847,9 @@ def generate_videos(
     that are not already done with :func:`t2v.expansion.expand_for_generation`. ``progress`` gets one
     line per video. ``pipeline``: an already loaded pipeline for ``cfg`` (e.g. from :func:`load_pipeline`;
     loaded here, only if some video is to be made, when not given; ``progress_bar``: show the pipeline's
-    per-step progress bar then). Returns the videos in prompt order, skipped ones included.
+    per-step progress bar then). ``call_kwargs``: more pipeline-call arguments, not part of the settings
+    (e.g. ``callback_on_step_end``, which the web page uses for its time limit). Returns the videos in
+    prompt order, skipped ones included.
     """
     from t2v.families import get_family
 
@@ -887,7 +890,7 @@ def generate_videos(
         pipe, device = load_pipeline(cfg, resolved, progress_bar=progress_bar), resolve_device(cfg.device)
     else:
         pipe, device = pipeline, generator_device(pipeline)
-    kwargs = pipeline_kwargs(settings)
+    kwargs = {**pipeline_kwargs(settings), **(call_kwargs or {})}
     for v, exp in zip(todo, todo_expansions):
         fed = exp["text"] if exp else v.prompt
         tokens = _prompt_tokens(pipe, fed)

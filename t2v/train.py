@@ -51,7 +51,7 @@ import torch
 
 from captioner.clitools import configure_output
 from captioner.configbase import flatten_dict
-from captioner.record import replace_dir
+from captioner.record import checkpoint_problem, lock_output, normal_mode, pick_checkpoint, replace_dir
 from captioner.record import write_json_atomic as write_text_atomic  # it writes any text
 from captioner.errors import CaptionerError, ConfigError
 from captioner.paths import check_output_dir
@@ -142,21 +142,35 @@ def list_checkpoints(ckpt_root: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def find_checkpoint(out_dir: str | os.PathLike, resume: str) -> Path | None:
-    """``latest``: the newest complete checkpoint of ``out_dir`` (None when there is none); otherwise
-    a checkpoint folder, or a run folder (its newest checkpoint)."""
+    """``latest``: the newest complete checkpoint of ``out_dir`` that can be read (None when there is
+    none); otherwise a checkpoint folder, or a run folder (its newest readable checkpoint). A newer
+    checkpoint whose files are damaged is passed over with a warning naming it, the reason and the one
+    used instead; a named checkpoint folder that is damaged, or a run whose checkpoints all are, is a
+    TrainingError."""
     if resume == "latest":
-        found = list_checkpoints(Path(out_dir) / "checkpoints")
-        return found[-1][1] if found else None
+        return _readable(list_checkpoints(Path(out_dir) / "checkpoints"))
     p = Path(resume).expanduser()
     if (p / MARKER).is_file():
+        why = checkpoint_problem(p)
+        if why is not None:
+            raise TrainingError(f"{p}: the checkpoint cannot be read ({why})")
         return p
     for root in (p / "checkpoints", p):
         found = list_checkpoints(root)
         if found:
-            return found[-1][1]
+            return _readable(found)
     if p.is_dir() and CKPT_RE.match(p.name):
         raise TrainingError(f"{p}: checkpoint has no {MARKER} marker: it was not completely saved")
     raise TrainingError(f"--resume {resume}: not a checkpoint folder, nor a run folder holding checkpoints")
+
+
+def _readable(found: list[tuple[int, Path]]) -> Path | None:
+    """The newest checkpoint of ``found`` that can be read (a damaged newer one is passed over, with a
+    warning); a TrainingError when none can be."""
+    try:
+        return pick_checkpoint([p for _, p in found])
+    except CaptionerError as e:
+        raise TrainingError(str(e)) from None
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -756,6 +770,7 @@ def _export(run: _Run, model_id: str, data: dict, final_loss: float | None) -> t
             tmp = run.out / ".tmp-transformer"
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(str(tmp), safe_serialization=True)
+            normal_mode(tmp)  # safetensors writes owner-only files
             shutil.rmtree(transformer_dir, ignore_errors=True)
             os.replace(tmp, transformer_dir)
         write_text_atomic(run.out / "README.md", _model_card(run, model_id, data, final_loss))
@@ -795,10 +810,11 @@ def _batches(loader, sampler) -> Iterator[dict]:
             raise TrainingError(f"epoch {sampler.epoch} has no batches for this process")
 
 
-def _prepare_output(out: Path, resume: str | None, is_main: bool) -> None:
+def _prepare_output(out: Path, resume: str | None, is_main: bool, held: contextlib.ExitStack) -> None:
     if not is_main:
         return
     out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(lock_output(out, "t2v train"))  # one run per folder, until train() returns
     ckpts = out / "checkpoints"
     if resume is None and list_checkpoints(ckpts):
         raise TrainingError(f"{out} already holds checkpoints of a run: pass --resume latest to continue it, "
@@ -833,11 +849,19 @@ def train(
 ) -> TrainResult:
     """Run (or continue) a training run into ``out_dir``; see the module doc.
 
-    ``resume``: ``"latest"`` (the newest complete checkpoint of ``out_dir``; a fresh start when there
-    is none) or a checkpoint / run folder. ``stop_after_step``: end this call after that global step
-    as an interruption would (a checkpoint is saved there, nothing is exported), e.g. for time-limited
-    jobs that are continued with ``resume="latest"``.
+    ``resume``: ``"latest"`` (the newest complete checkpoint of ``out_dir`` that can be read, passing
+    over a damaged newer one with a warning; a fresh start when there is none) or a checkpoint / run
+    folder. ``stop_after_step``: end this call after that global step as an interruption would (a
+    checkpoint is saved there, nothing is exported), e.g. for time-limited jobs that are continued with
+    ``resume="latest"``. ``out_dir`` is locked (``out_dir/.lock``) for the length of the call: a
+    second run on it stops with an error naming the holder's pid.
     """
+    with contextlib.ExitStack() as held:
+        return _train(cfg, out_dir, resume=resume, stop_after_step=stop_after_step, held=held)
+
+
+def _train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: str | None, stop_after_step: int | None,
+           held: contextlib.ExitStack) -> TrainResult:
     import yaml
     from torch.utils.data import DataLoader
 
@@ -853,7 +877,7 @@ def train(
 
     accelerator = _make_accelerator(cfg, out)
     is_main = accelerator.is_main_process
-    _prepare_output(out, resume, is_main)
+    _prepare_output(out, resume, is_main, held)
     accelerator.wait_for_everyone()
     ckpt_path = find_checkpoint(out, resume) if resume is not None else None
     ckpt_state = None

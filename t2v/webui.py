@@ -17,22 +17,32 @@ prompt, the text fed to the model and every setting. The same request again reus
 changed settings go to a new folder, so nothing is overwritten. The pipeline and the expander are loaded
 once, on first use, and shared by all requests; a lock keeps two requests from running either at once.
 
+Limits (:class:`PageLimits`, ``t2v ui --limit KEY=VALUE``): steps, frames, height, width, videos per
+request and prompt length are checked before a request waits for the models, and a request over one
+gets a message naming it; a request waits at most ``busy_wait_s`` for the models while another runs
+(then: "busy, try again"); a generation is stopped after the denoising step that passes
+``time_limit_s`` (diffusers' ``callback_on_step_end``), and nothing is written for it.
+
 Gradio is an optional dependency (``pip install -e ".[ui]"``), imported only when the page is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from pydantic import Field, ValidationError
 
-from captioner.errors import CaptionerError
+from captioner.configbase import StrictModel
+from captioner.errors import CaptionerError, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
@@ -40,7 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from captioner.expand import ExpandConfig, Expander, Expansion
     from t2v.generate import GenerateConfig, GeneratedVideo
 
-__all__ = ["GenerationSession", "build_app", "expansion_status", "launch_app", "require_gradio", "ui_command"]
+__all__ = ["GenerationSession", "PageLimits", "build_app", "expansion_status", "launch_app", "parse_limits",
+           "require_gradio", "ui_command"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,41 @@ _LABELS = dict(CONTROLS)
 
 class WebUIError(CaptionerError):
     """A request the page cannot carry out (shown in the page's status box)."""
+
+
+class PageLimits(StrictModel):
+    """What one request of the page may ask for, and how long it may wait and run (``t2v ui --limit
+    KEY=VALUE``). The defaults admit every family's recommended settings."""
+
+    max_steps: int = Field(100, ge=1, description="most denoising steps per video")
+    max_frames: int = Field(257, ge=1, description="most frames per video")
+    max_height: int = Field(1280, ge=1, description="largest height in pixels")
+    max_width: int = Field(1280, ge=1, description="largest width in pixels")
+    max_videos: int = Field(4, ge=1, description="most videos per request (the config's videos_per_prompt)")
+    max_prompt_chars: int = Field(2000, ge=1, description="longest prompt, in characters")
+    time_limit_s: float = Field(900.0, gt=0, description=(
+        "a generation is stopped after the denoising step that passes this many seconds (counted from "
+        "when it gets the models, the first request's model loading not included); nothing is written"))
+    busy_wait_s: float = Field(30.0, ge=0, description=(
+        "how long a request waits for the models while another one runs, before 'busy, try again'"))
+    queue_size: int = Field(8, ge=1, description=(
+        "requests the page takes at once (one runs, the others wait at most busy_wait_s); more are "
+        "refused by Gradio's queue ('queue is full')"))
+
+
+def parse_limits(items: tuple[str, ...] | list[str]) -> PageLimits:
+    """:class:`PageLimits` from ``KEY=VALUE`` strings (values are YAML); errors name the key."""
+    from captioner.configbase import parse_override
+
+    data: dict[str, Any] = {}
+    for item in items:
+        path, value = parse_override(item)
+        data[".".join(path)] = value
+    try:
+        return PageLimits.model_validate(data)
+    except ValidationError as e:
+        allowed = ", ".join(PageLimits.model_fields)
+        raise ConfigError(f"--limit: {_validation_message(e)} (limits: {allowed})") from None
 
 
 def require_gradio():
@@ -99,7 +145,7 @@ class GenerationSession:
     """
 
     def __init__(self, generate_config: GenerateConfig, expand_config: ExpandConfig | None, out_dir: str | os.PathLike,
-                 *, expand_ref: str | None = None):
+                 *, expand_ref: str | None = None, limits: PageLimits | None = None):
         from t2v.generate import resolve_model, resolved_settings
 
         self.cfg = generate_config
@@ -110,8 +156,12 @@ class GenerationSession:
         self.defaults = resolved_settings(generate_config, self.resolved.family)
         self._pipeline = None
         self._expander: Expander | None = None
+        self.limits = limits or PageLimits()
         self._pipeline_lock = threading.Lock()
         self._expander_lock = threading.Lock()
+        # one model call at a time (expansion or generation), waited for at most limits.busy_wait_s;
+        # re-entrant, as a generation may expand its prompt first
+        self._models = threading.RLock()
 
     # ---------------------------------------------------------------- defaults of the controls
 
@@ -125,12 +175,33 @@ class GenerationSession:
 
     # ---------------------------------------------------------------- expansion
 
+    def check_prompt(self, prompt: Any) -> str:
+        """``prompt`` stripped, or a :class:`WebUIError` (empty, or over ``limits.max_prompt_chars``)."""
+        prompt = _check_prompt(prompt)
+        limit = self.limits.max_prompt_chars
+        if len(prompt) > limit:
+            raise WebUIError(f"the prompt has {len(prompt)} characters; the page's limit is {limit} "
+                             "(t2v ui --limit max_prompt_chars=N)")
+        return prompt
+
+    @contextlib.contextmanager
+    def models(self):
+        """Holds the models' lock for a ``with`` block, after waiting at most ``limits.busy_wait_s`` for
+        it (then a "busy, try again" :class:`WebUIError`)."""
+        wait = self.limits.busy_wait_s
+        if not self._models.acquire(timeout=wait):
+            raise WebUIError(f"busy: another request is using the models (waited {wait:g} s); try again in a moment")
+        try:
+            yield
+        finally:
+            self._models.release()
+
     def expand(self, prompt: str) -> Expansion:
         """The expansion of ``prompt`` (the expander is loaded on first use)."""
-        prompt = _check_prompt(prompt)
+        prompt = self.check_prompt(prompt)
         if self.expand_config is None:
             raise WebUIError("no expansion config: start the page with --expand-config CFG (e.g. tiny, default)")
-        with self._expander_lock:
+        with self.models(), self._expander_lock:
             if self._expander is None:
                 from t2v.expansion import load_expander
 
@@ -146,8 +217,6 @@ class GenerationSession:
     def request_config(self, *, expand: bool = False, **values: Any) -> GenerateConfig:
         """The generate config of one request: the page's values (``CONTROLS`` names; ``None`` or
         missing: the config's) validated by :class:`~t2v.generate.GenerateConfig`."""
-        from pydantic import ValidationError
-
         from t2v.generate import GenerateConfig
 
         unknown = sorted(set(values) - set(_LABELS))
@@ -161,9 +230,29 @@ class GenerationSession:
         data["expand"] = self.expand_ref if expand else None
         data["overwrite"] = False
         try:
-            return GenerateConfig.model_validate(data)
+            cfg = GenerateConfig.model_validate(data)
         except ValidationError as e:
             raise WebUIError(f"invalid settings: {_validation_message(e)}") from None
+        self.check_limits(cfg)
+        return cfg
+
+    def check_limits(self, cfg: GenerateConfig) -> None:
+        """A :class:`WebUIError` naming every setting of ``cfg`` (the family's defaults filled in) over the
+        page's limits."""
+        from t2v.generate import resolved_settings
+
+        s = resolved_settings(cfg, self.resolved.family)
+        lim = self.limits
+        over = [f"{_LABELS[key]} {s[key]} > {limit} ({name})"
+                for key, limit, name in (("num_inference_steps", lim.max_steps, "max_steps"),
+                                         ("num_frames", lim.max_frames, "max_frames"),
+                                         ("height", lim.max_height, "max_height"),
+                                         ("width", lim.max_width, "max_width"))
+                if s[key] > limit]
+        if cfg.videos_per_prompt > lim.max_videos:
+            over.append(f"videos per request {cfg.videos_per_prompt} > {lim.max_videos} (max_videos)")
+        if over:
+            raise WebUIError(f"over the page's limits: {'; '.join(over)} (t2v ui --limit KEY=VALUE sets them)")
 
     def pipeline(self):
         """The loaded pipeline (loaded on first call; the caller holds the pipeline lock)."""
@@ -195,21 +284,24 @@ class GenerationSession:
         from captioner.expand import Expansion
         from t2v.generate import generate_videos
 
-        prompt = _check_prompt(prompt)
-        cfg = self.request_config(expand=expand, **values)
+        prompt = self.check_prompt(prompt)
+        cfg = self.request_config(expand=expand, **values)  # every check before waiting for the models
         exp: Expansion | None = None
-        if expand:
-            if isinstance(expansion, dict):
-                expansion = Expansion.from_dict(expansion)
-            if expansion is not None and " ".join(expansion.prompt.split()) == " ".join(prompt.split()):
-                exp = expansion
-            else:
-                exp = self.expand(prompt)
-        record = exp.to_dict() if exp is not None else None
-        folder = self.output_folder(cfg, prompt, record)
-        with self._pipeline_lock:
-            pipe = self.pipeline()
-            videos = generate_videos(cfg, [prompt], folder, expansions=[record] if record else None, pipeline=pipe)
+        with self.models():
+            if expand:
+                if isinstance(expansion, dict):
+                    expansion = Expansion.from_dict(expansion)
+                if expansion is not None and " ".join(expansion.prompt.split()) == " ".join(prompt.split()):
+                    exp = expansion
+                else:
+                    exp = self.expand(prompt)
+            record = exp.to_dict() if exp is not None else None
+            folder = self.output_folder(cfg, prompt, record)
+            with self._pipeline_lock:
+                pipe = self.pipeline()
+                stop = _time_limit(self.limits.time_limit_s)
+                videos = generate_videos(cfg, [prompt], folder, expansions=[record] if record else None,
+                                         pipeline=pipe, call_kwargs={"callback_on_step_end": stop})
         return videos[0], exp
 
     def close(self) -> None:
@@ -220,6 +312,21 @@ class GenerationSession:
                 self._expander = None
         with self._pipeline_lock:
             self._pipeline = None
+
+
+def _time_limit(seconds: float):
+    """A diffusers ``callback_on_step_end`` that stops the generation (raises :class:`WebUIError`)
+    after the first denoising step that ends more than ``seconds`` from now."""
+    deadline = time.monotonic() + seconds
+
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        if time.monotonic() > deadline:
+            raise WebUIError(f"time limit: the generation was stopped after denoising step {step + 1}, past "
+                             f"the page's limit of {seconds:g} s per request (t2v ui --limit time_limit_s=N); "
+                             "nothing was written")
+        return callback_kwargs
+
+    return on_step_end
 
 
 def _check_prompt(prompt: Any) -> str:
@@ -280,12 +387,13 @@ def handle_generate(session: GenerationSession, prompt: str, expand: bool, previ
 
 
 def build_app(generate_config: GenerateConfig, expand_config: ExpandConfig | None, *, out_dir: str | os.PathLike,
-              expand_ref: str | None = None, title: str = "densecap-t2v") -> gr.Blocks:
+              expand_ref: str | None = None, title: str = "densecap-t2v",
+              limits: PageLimits | None = None) -> gr.Blocks:
     """The page (a ``gr.Blocks``; see the module doc). Launch it with :func:`launch_app` (which lets
     Gradio serve ``out_dir``) or ``app.launch(allowed_paths=[out_dir])``. The page's
     :class:`GenerationSession` is ``app.t2v_session``."""
     gr = require_gradio()
-    session = GenerationSession(generate_config, expand_config, out_dir, expand_ref=expand_ref)
+    session = GenerationSession(generate_config, expand_config, out_dir, expand_ref=expand_ref, limits=limits)
     d = session.control_defaults()
     r = session.resolved
     model = r.id + (f" + LoRA {r.lora}" if r.lora else "") + (f" + transformer {r.transformer}" if r.transformer else "")
@@ -335,12 +443,16 @@ def build_app(generate_config: GenerateConfig, expand_config: ExpandConfig | Non
             video = gr.Video(label="Video", interactive=False, elem_id="video")
             sidecar = gr.JSON(label="Sidecar", open=True, elem_id="sidecar")
 
-        # one model call at a time across both buttons (the session's locks guard direct callers too)
+        # up to queue_size requests are taken at once: each is checked against the limits at once, and
+        # waits at most busy_wait_s for the session's model lock (one model call at a time); Gradio's
+        # queue refuses more
+        n = session.limits.queue_size
         expand_btn.click(on_expand, inputs=[prompt], outputs=[fed_box, exp_line, previewed, status],
-                         concurrency_limit=1, concurrency_id="t2v-models")
+                         concurrency_limit=n, concurrency_id="t2v-models")
         generate_btn.click(on_generate, inputs=[prompt, expand_on, previewed, *controls],
                            outputs=[video, sidecar, fed_box, exp_line, previewed, status],
-                           concurrency_limit=1, concurrency_id="t2v-models")
+                           concurrency_limit=n, concurrency_id="t2v-models")
+    app.queue(max_size=n)
     app.t2v_session = session
     return app
 
@@ -374,9 +486,13 @@ def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 78
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535), help="Port to serve on.")
 @click.option("--share/--no-share", default=False, show_default=True,
               help="Also make a public link through Gradio's share servers.")
+@click.option("--limit", "limits", multiple=True, metavar="KEY=VALUE",
+              help="A limit of the page's requests (repeatable): max_steps (100), max_frames (257), max_height "
+                   "(1280), max_width (1280), max_videos (4), max_prompt_chars (2000), time_limit_s (900), "
+                   "busy_wait_s (30), queue_size (8).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def ui_command(config: str | None, overrides: tuple[str, ...], expand_config: str | None, no_expand: bool,
-               out: Path | None, host: str, port: int, share: bool, debug: bool) -> None:
+               out: Path | None, host: str, port: int, share: bool, limits: tuple[str, ...], debug: bool) -> None:
     """Serve a web page to expand prompts and generate videos (Gradio).
 
     Type a prompt, preview its expansion (Expand), set seed, steps, guidance and the video's shape,
@@ -392,10 +508,12 @@ def ui_command(config: str | None, overrides: tuple[str, ...], expand_config: st
         raise click.UsageError("--no-expand and --expand-config exclude each other")
     try:
         require_gradio()
+        page_limits = parse_limits(limits)
         cfg = load_generate_config(config, list(overrides))
         ref = None if no_expand else (expand_config or cfg.expand)
         exp_cfg = load_expand_config(ref) if ref else None
-        app = build_app(cfg, exp_cfg, out_dir=out if out is not None else cfg.out_dir, expand_ref=ref)
+        app = build_app(cfg, exp_cfg, out_dir=out if out is not None else cfg.out_dir, expand_ref=ref,
+                        limits=page_limits)
     except CaptionerError as exc:
         if debug:
             raise

@@ -2,8 +2,11 @@
 
 It answers ``POST .../chat/completions`` with ``"reply to: <last user text>"``, records every request
 (path, headers, JSON body), can be told to fail the next N requests (any status, optional
-``Retry-After``), to hang on a request (for client timeouts), to answer a fixed body, or to delay
-every answer; it tracks the largest number of requests it was handling at once.
+``Retry-After``, optionally echoing the request's headers -- the API key -- into the error body, as
+careless proxies do), to hang on a request (for client timeouts), to send an answer slowly (a byte
+every ``drip_s``, from the status line or from the body on), to answer a fixed body (with or without
+a Content-Length), or to delay every answer; it tracks the largest number of requests it was handling
+at once and how many bytes of each answer it got out.
 
     with ChatServer() as server:
         server.fail_next(2, status=429, retry_after="0")
@@ -42,6 +45,10 @@ class Action:
     body: Any = None  # dict/list -> JSON; str -> raw text; None -> normal reply
     headers: dict[str, str] = field(default_factory=dict)
     hang_s: float = 0.0  # wait this long before answering (client timeouts)
+    drip_s: float = 0.0  # send the answer one byte every drip_s seconds (all of it within MAX_WAIT_S)
+    drip_headers: bool = False  # drip from the status line on (else: headers at once, then the body)
+    content_length: bool = True  # False: no Content-Length, the body ends when the connection closes
+    echo_headers: bool = False  # put the request's headers (Authorization included) in the error message
 
 
 def _last_user_text(body: Any) -> str:
@@ -68,6 +75,7 @@ class ChatServer:
         self.delay_s = delay_s
         self.model_name = model_name
         self.requests: list[RecordedRequest] = []
+        self.bytes_sent: list[int] = []  # per answer, bytes written before it ended or the client left
         self.in_flight = 0
         self.max_concurrency = 0
         self._actions: deque[Action] = deque()
@@ -79,12 +87,15 @@ class ChatServer:
     # -------------------------------------------------------------- scripting
 
     def fail_next(
-        self, n: int, status: int = 500, *, retry_after: str | None = None, text: str = "server error"
+        self, n: int, status: int = 500, *, retry_after: str | None = None, text: str = "server error",
+        echo_headers: bool = False,
     ) -> None:
-        """Answer the next ``n`` requests with ``status`` and ``{"error": {"message": text}}``."""
+        """Answer the next ``n`` requests with ``status`` and ``{"error": {"message": text}}`` (with
+        ``echo_headers``, the message goes on with the request's headers, Authorization included)."""
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         for _ in range(n):
-            self.push(Action(status=status, body={"error": {"message": text, "code": status}}, headers=headers))
+            self.push(Action(status=status, body={"error": {"message": text, "code": status}}, headers=headers,
+                             echo_headers=echo_headers))
 
     def hang_next(self, n: int, seconds: float) -> None:
         """Hold the next ``n`` requests for ``seconds`` before answering normally."""
@@ -126,18 +137,45 @@ class ChatServer:
             def do_GET(self):  # noqa: N802
                 self._send(404, {"error": {"message": "not found"}}, {})
 
-            def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
+            def _send(self, status: int, body: Any, headers: dict[str, str], action: Action | None = None) -> None:
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                length = action is None or action.content_length
+                drip = action.drip_s if action is not None else 0.0
+                sent = 0
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
-                    self.send_header("Content-Length", str(len(data)))
+                    if length:
+                        self.send_header("Content-Length", str(len(data)))
+                    else:
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
                     for k, v in headers.items():
                         self.send_header(k, v)
+                    if drip > 0:
+                        head = b"".join(self._headers_buffer) + b"\r\n"
+                        self._headers_buffer = []
+                        if not action.drip_headers:
+                            self.wfile.write(head)
+                            sent, head = len(head), b""
+                        raw, stop_at = head + data, time.monotonic() + MAX_WAIT_S
+                        for i in range(len(raw)):
+                            if server._stop.wait(drip) or time.monotonic() > stop_at:
+                                break
+                            self.wfile.write(raw[i : i + 1])
+                            self.wfile.flush()
+                            sent += 1
+                        return
                     self.end_headers()
-                    self.wfile.write(data)
+                    view = memoryview(data)
+                    for i in range(0, len(data), 1 << 16):
+                        self.wfile.write(view[i : i + (1 << 16)])
+                        sent += len(view[i : i + (1 << 16)])
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
+                    pass  # the client gave up (timeout test, a reply too large)
+                finally:
+                    with server._lock:
+                        server.bytes_sent.append(sent)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -181,9 +219,15 @@ class ChatServer:
                 h._send(404, {"error": {"message": f"no route {h.path}"}}, {})
                 return
             if action is not None and action.body is not None:
-                h._send(action.status, action.body, action.headers)
+                answer = action.body
+                if action.echo_headers and isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+                    seen = {k: v for k, v in h.headers.items()}
+                    answer = {"error": {**answer["error"], "message": f"{answer['error'].get('message')}; you sent "
+                                        f"Authorization: {seen.get('Authorization')}; request headers: {seen}",
+                                        "request_headers": seen}}
+                h._send(action.status, answer, action.headers, action)
                 return
-            h._send(action.status if action else 200, self._reply(body), action.headers if action else {})
+            h._send(action.status if action else 200, self._reply(body), action.headers if action else {}, action)
         finally:
             with self._lock:
                 self.in_flight -= 1

@@ -12,7 +12,7 @@ from PIL import Image
 
 from captioner.backends import OpenAIBackendConfig, build_backend
 from captioner.backends.base import Message
-from captioner.errors import BackendError, ConfigError
+from captioner.errors import AuthError, BackendError, ConfigError, redact
 
 try:
     from chat_server import Action, ChatServer
@@ -256,6 +256,108 @@ def test_one_failure_fails_the_call_and_stops_the_rest(server, make_backend):
     assert server.in_flight == 0
     # the backend is still usable
     assert b.generate([[Message.user("again")]]) == ["reply to: again"]
+
+
+# --------------------------------------------------------------------------------------------------
+# bounded in time, memory and trust
+
+
+@pytest.mark.parametrize("drip_headers", [False, True], ids=["body", "headers"])
+def test_a_slow_drip_reply_is_cut_at_the_deadline(server, make_backend, drip_headers):
+    """A server sending a byte every 50 ms never trips a per-read timeout; the deadline of each attempt
+    (timeout_s, for connect + send + the whole reply) cuts it, and the whole call stays within
+    worst_case_s."""
+    b = make_backend(server, timeout_s=0.5, max_retries=1)
+    for _ in range(2):
+        server.push(Action(drip_s=0.05, drip_headers=drip_headers))  # ~300 bytes: 15 s at this pace
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match=r"2 attempt.*timed out: no complete reply within timeout_s=0.5s"):
+        b.generate([[Message.user("slow")]])
+    elapsed = time.monotonic() - t0
+    assert server.request_count == 2
+    assert b.cfg.worst_case_s == pytest.approx(2 * 0.5 + 1 * 0.01)
+    assert elapsed < b.cfg.worst_case_s + 1.0, elapsed
+    # a reply that drips in within the deadline is fine, and the backend is still usable
+    server.push(Action(drip_s=0.001))
+    assert b.generate([[Message.user("fast enough")]]) == ["reply to: fast enough"]
+
+
+def test_worst_case_is_documented_and_bounded():
+    cfg = OpenAIBackendConfig(model="m", timeout_s=5, max_retries=2, backoff_max_s=3)
+    assert cfg.worst_case_s == 3 * 5 + 2 * 3
+    assert "worst_case_s" in OpenAIBackendConfig.model_fields["timeout_s"].description
+    for bad in ({"max_retries": 1000}, {"timeout_s": 1e9}, {"backoff_max_s": 1e9}, {"max_reply_bytes": 10}):
+        with pytest.raises(ConfigError):
+            build_backend({"type": "openai", "model": "m", **bad})
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["declared", "streamed"])
+def test_a_reply_larger_than_the_limit_is_refused_without_reading_it(make_backend, content_length):
+    huge = "x" * (8 * 1024 * 1024)
+    with ChatServer(responder=lambda body: huge) as server:
+        b = make_backend(server, max_retries=3)
+        server.push(Action(content_length=content_length))
+        limit = 64 * 64 + 64 * 1024
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match=rf"larger than {limit} bytes for max_new_tokens=64.*not retried"):
+            b.generate([[Message.user("x")]], max_new_tokens=64)
+        assert server.request_count == 1 and time.monotonic() - t0 < 5
+        # max_reply_bytes sets the limit
+        b2 = make_backend(server, max_reply_bytes=4096)
+        with pytest.raises(BackendError, match="larger than 4096 bytes"):
+            b2.generate([[Message.user("x")]])
+
+
+def test_an_answer_longer_than_max_tokens_is_cut(make_backend):
+    with ChatServer(responder=lambda body: "word " * 400) as server:  # 2000 characters, whatever max_tokens says
+        b = make_backend(server)
+        (out,) = b.generate([[Message.user("x")]], max_new_tokens=16)
+        assert out == ("word " * 400)[: 16 * 16].strip()
+
+
+def test_the_api_key_never_reaches_an_error_or_a_log_line(server, make_backend, monkeypatch, caplog):
+    """A server (or proxy) that echoes the request's headers into its error text: the key is redacted
+    from the error message and from the retry warnings."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    b = make_backend(server, max_retries=2)
+    server.fail_next(3, status=503, text="upstream down", echo_headers=True)
+    with caplog.at_level("WARNING", logger="captioner.backends.openai"):
+        with pytest.raises(BackendError) as ei:
+            b.generate([[Message.user("x")]])
+    msg = str(ei.value)
+    assert "HTTP 503" in msg and "upstream down" in msg and "[redacted]" in msg
+    assert server.requests[-1].headers["authorization"] == f"Bearer {SECRET}"  # it was sent...
+    assert SECRET not in msg and SECRET not in caplog.text and "[redacted]" in caplog.text  # ...and never shown
+    server.fail_next(1, status=400, text="bad field", echo_headers=True)
+    with pytest.raises(BackendError) as ei:
+        b.generate([[Message.user("x")]])
+    assert "HTTP 400" in str(ei.value) and SECRET not in str(ei.value)
+    # a proxy that echoes the key into an answer
+    server.responder = lambda body: f"caption; debug: key={SECRET}"
+    assert SECRET not in b.generate([[Message.user("x")]])[0]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_failures_raise_auth_error_at_once(server, make_backend, monkeypatch, status):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    b = make_backend(server, max_retries=5)
+    server.fail_next(1, status=status, text="invalid api key", echo_headers=True)
+    with pytest.raises(AuthError) as ei:
+        b.generate([[Message.user("x")]])
+    msg = str(ei.value)
+    assert server.request_count == 1
+    assert server.base_url + "/chat/completions" in msg and f"HTTP {status}" in msg and KEY_ENV in msg
+    assert SECRET not in msg and "invalid api key" in msg
+
+
+def test_redact():
+    key = "sk-live-abcdef123456"
+    text = (f'{{"authorization": "Bearer {key}"}} Authorization: Basic dXNlcjpwYXNz x-api-key={key}; '
+            f"token Bearer abc.def-ghi then {key} alone")
+    out = redact(text, [key, None, ""])
+    assert key not in out and "dXNlcjpwYXNz" not in out and "abc.def-ghi" not in out
+    assert out.count("[redacted]") == 5 and out.endswith("then [redacted] alone")
+    assert redact("HTTP 401: no key given") == "HTTP 401: no key given"
 
 
 # --------------------------------------------------------------------------------------------------

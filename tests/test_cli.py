@@ -37,8 +37,10 @@ def transformers_version() -> str:
 
 
 def behaviour(record) -> dict:
-    """A record without timings and without the library versions it names (checked well-formed)."""
+    """A record without timings and without the library versions it names (checked well-formed); its
+    video path relative to the repository (records store absolute paths, the shipped sample a relative one)."""
     data = record.without_timings()
+    data["video"]["path"] = os.path.relpath(os.path.join(ROOT, data["video"]["path"]), ROOT)
     for role in ("captioner", "summarizer"):
         version = data["models"][role].pop("transformers_version")
         assert isinstance(version, str) and Version(version), (role, version)

@@ -205,6 +205,36 @@ def test_openai_backend_corpus_run_keeps_requests_bounded(good_corpus, tmp_path,
         assert "sk-test-123" not in json.dumps([r.model_dump() for r in records])
 
 
+def test_openai_auth_failure_stops_the_run_with_one_error(good_corpus, tmp_path, monkeypatch):
+    """A 401 (the key is wrong) fails every request the same way: the run stops at the first one, with
+    one error naming the server and the status, and the key (echoed back by the server) redacted."""
+    from chat_server import ChatServer
+
+    from captioner.errors import AuthError
+
+    key = "sk-test-wrong-key-123"
+    monkeypatch.setenv("TEST_API_KEY", key)
+    with ChatServer() as server:
+        server.fail_next(1000, status=401, text="invalid api key", echo_headers=True)
+        cfg = tiny_run_config(
+            "captioner={type: openai, model: served-vlm, base_url: '%s', api_key_env: TEST_API_KEY, max_in_flight: 2, "
+            "backoff_base_s: 0.01, max_retries: 3}" % server.base_url,
+            "summarizer=null",
+            "run.workers=0",
+        )
+        t0 = time.monotonic()
+        with pytest.raises(AuthError) as ei:
+            run_corpus(good_corpus, cfg, tmp_path / "run", progress=False)
+        assert time.monotonic() - t0 < 60
+        assert server.request_count <= 4  # the first answer stops it: at most the requests already in flight
+    msg = str(ei.value)
+    assert server.base_url + "/chat/completions" in msg and "HTTP 401" in msg and "TEST_API_KEY" in msg
+    assert key not in msg and "[redacted]" in msg
+    errors = tmp_path / "run" / "errors.jsonl"
+    assert not errors.exists() or key not in errors.read_text()  # no clip was failed for it
+    assert not errors.exists() or not errors.read_text().strip()
+
+
 def test_run_with_the_filter_stage_captions_only_distinct_clips(media, tiny_models, tmp_path):
     paths = []
     for i in range(4):

@@ -190,6 +190,26 @@ def test_retry_with_reason_then_success(tmp_path):
     assert [c["reason"] is None for c in res.candidates] == [False, True]
 
 
+def test_a_runaway_answer_cannot_grow_the_retries(tmp_path):
+    """A server that ignores max_tokens and answers ~2 700 characters for 100 tokens: the backend cuts the
+    answer at 16 characters per token, and each retry sends the rejected answer back cut to 6 characters
+    per token, so the requests stay small and do not grow from one retry to the next."""
+    from captioner.expand.expander import ECHO_CHARS_PER_TOKEN
+
+    runaway = CHINESE * 60
+    with ChatServer(responder=lambda body: runaway) as server:
+        with Expander(_cfg(server, tmp_path, max_new_tokens=100, **{"checks.max_retries": 2})) as ex:
+            res = ex.expand_one("A white cockatoo raises its crest")
+        bodies = [r.body for r in server.requests]
+    assert res.status == "fallback" and len(bodies) == 3
+    assert all(len(c["text"]) <= 16 * 100 for c in res.candidates)
+    sizes = [len(json.dumps(b, ensure_ascii=False)) for b in bodies]
+    echoes = [m["content"] for m in bodies[2]["messages"] if m["role"] == "assistant"][-2:]
+    for echo in echoes:
+        assert len(echo) <= ECHO_CHARS_PER_TOKEN * 100 + 40 and echo.endswith("more characters]")
+    assert sizes[2] - sizes[1] == sizes[1] - sizes[0] < 2 * ECHO_CHARS_PER_TOKEN * 100  # one bounded turn a retry
+
+
 def test_fallback_to_original_prompt_after_retry_budget(tmp_path):
     with ChatServer(responder=lambda body: "Sure! Here is your caption.") as server:
         with Expander(_cfg(server, tmp_path, **{"checks.max_retries": 1})) as ex:

@@ -283,3 +283,27 @@ def test_config_errors_name_the_key():
         tiny_cfg("lora.rank=0")
     assert load_config(TrainExpanderConfig, ROOT / "configs" / "train-expander" / "default.yaml").base_model == (
         "Qwen/Qwen2.5-1.5B-Instruct")
+
+
+def test_resume_latest_passes_over_a_damaged_newest_checkpoint(tmp_path, caplog):
+    """A kill or a full disk can leave the newest checkpoint unreadable: `latest` resumes from the
+    newest one that reads, and says which it skipped; none readable is one clear error."""
+    from safetensors.torch import save_file
+    import torch
+
+    from captioner.expand.finetune import ExpanderTrainingError, find_checkpoint
+
+    for step in (2, 4):
+        ckpt = tmp_path / "checkpoints" / f"step-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "state.json").write_text(json.dumps({"step": step}))
+        save_file({"w": torch.ones(4)}, str(ckpt / "adapter_model.safetensors"))
+    newest = tmp_path / "checkpoints" / "step-4" / "adapter_model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:20])  # cut short, as by a full disk
+    with caplog.at_level("WARNING"):
+        assert find_checkpoint(tmp_path, "latest") == tmp_path / "checkpoints" / "step-2"
+    assert "step-4 is unreadable" in caplog.text and "resuming from" in caplog.text
+    older = tmp_path / "checkpoints" / "step-2" / "adapter_model.safetensors"
+    older.write_bytes(b"\x00" * 5)
+    with pytest.raises(ExpanderTrainingError, match="no checkpoint can be read"):
+        find_checkpoint(tmp_path, "latest")

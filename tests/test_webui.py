@@ -14,6 +14,8 @@ import json
 import re
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -26,8 +28,10 @@ from t2v.generate import load_generate_config
 from t2v.webui import (
     CONTROLS,
     GenerationSession,
+    PageLimits,
     handle_expand,
     handle_generate,
+    parse_limits,
     require_gradio,
     ui_command,
 )
@@ -106,6 +110,94 @@ def test_without_expansion_config(configs, tmp_path):
         session.request_config(guidance_scale=-1)
 
 
+class _Holder:
+    """Holds a session's model lock from another thread (another user's request) until released."""
+
+    def __init__(self, session):
+        self.session, self.held, self.release = session, threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        with self.session.models():
+            self.held.set()
+            self.release.wait(30)
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.held.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.thread.join(10)
+
+
+def test_limits_are_checked_before_waiting_for_the_models(configs, tmp_path):
+    """steps=100000 (or frames, size, videos, a huge prompt) is refused at once with a message naming
+    the limit, even while another request holds the models; nothing is loaded or written."""
+    gen, exp = configs
+    session = GenerationSession(gen, exp, tmp_path / "out", limits=PageLimits(busy_wait_s=5))
+    with _Holder(session):
+        t0 = time.monotonic()
+        *rest, status = handle_generate(session, PROMPT, False, None, *_values(num_inference_steps=100000))
+        assert rest == [None] * 5 and status == ("error: over the page's limits: Steps 100000 > 100 (max_steps) "
+                                                 "(t2v ui --limit KEY=VALUE sets them)")
+        *_, status = handle_generate(session, PROMPT, False, None,
+                                     *_values(num_frames=4001, height=4096, width=4096, num_inference_steps=101))
+        for part in ("Steps 101 > 100 (max_steps)", "Frames 4001 > 257 (max_frames)", "Height 4096 > 1280 (max_height)",
+                     "Width 4096 > 1280 (max_width)"):
+            assert part in status
+        *_, status = handle_generate(session, "a fox " * 1000, False, None, *_values())
+        assert status == ("error: the prompt has 5999 characters; the page's limit is 2000 "
+                          "(t2v ui --limit max_prompt_chars=N)")
+        assert handle_expand(session, "a fox " * 1000)[-1].startswith("error: the prompt has 5999 characters")
+        many = GenerationSession(gen.model_copy(update={"videos_per_prompt": 50}), None, tmp_path / "out")
+        *_, status = handle_generate(many, PROMPT, False, None, *_values())
+        assert "videos per request 50 > 4 (max_videos)" in status
+        assert time.monotonic() - t0 < 5  # none of them waited for the models
+    assert session._pipeline is None and not (tmp_path / "out").exists()
+
+
+def test_a_busy_page_says_so_instead_of_waiting_forever(configs, tmp_path):
+    gen, exp = configs
+    session = GenerationSession(gen, exp, tmp_path / "out", limits=PageLimits(busy_wait_s=0.3))
+    with _Holder(session):
+        t0 = time.monotonic()
+        *rest, status = handle_generate(session, PROMPT, False, None, *_values())
+        assert rest == [None] * 5
+        assert status.startswith("error: busy: another request is using the models (waited 0.3 s)")
+        assert "try again" in status
+        assert handle_expand(session, PROMPT)[-1].startswith("error: busy: ")
+        assert time.monotonic() - t0 < 5
+    assert session._pipeline is None
+
+
+def test_a_generation_past_the_time_limit_is_stopped(configs, tmp_path):
+    gen, _ = configs
+    session = GenerationSession(gen, None, tmp_path / "out", limits=PageLimits(time_limit_s=1e-6))
+    *rest, status = handle_generate(session, PROMPT, False, None, *_values(num_inference_steps=50))
+    assert rest == [None] * 5
+    assert status.startswith("error: time limit: the generation was stopped after denoising step 1, past the page's "
+                             "limit of 1e-06 s per request") and "nothing was written" in status
+    assert not list((tmp_path / "out").rglob("*.mp4")) and not list((tmp_path / "out").rglob("*.json"))
+    # within the limit the same request is made, with the same pipeline
+    pipe = session._pipeline
+    session.limits = PageLimits()
+    path, rec, *_, status = handle_generate(session, PROMPT, False, None, *_values())
+    assert status.startswith("wrote ") and Path(path).is_file() and session._pipeline is pipe
+    session.close()
+
+
+def test_limits_from_the_command_line():
+    assert parse_limits([]) == PageLimits()
+    lim = parse_limits(["max_steps=20", "time_limit_s=60", "busy_wait_s=0"])
+    assert (lim.max_steps, lim.time_limit_s, lim.busy_wait_s) == (20, 60.0, 0.0)
+    with pytest.raises(CaptionerError, match=r"--limit: max_steps: .*greater than or equal to 1"):
+        parse_limits(["max_steps=0"])
+    with pytest.raises(CaptionerError, match=r"--limit: .*max_stepz.*limits: max_steps, "):
+        parse_limits(["max_stepz=3"])
+
+
 def test_gradio_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)
     with pytest.raises(CaptionerError, match=re.escape('pip install -e ".[ui]"')):
@@ -124,6 +216,14 @@ def test_ui_command(configs, tmp_path, monkeypatch):
     session = launched["app"].t2v_session
     assert launched["port"] == 7999 and launched["host"] == "127.0.0.1" and launched["share"] is False
     assert session.can_expand and session.expand_ref == "tiny" and session.out_dir == tmp_path.resolve()
+
+    assert session.limits == PageLimits()
+    r = CliRunner().invoke(ui_command, ["--config", "tiny", "--no-expand", "--out", str(tmp_path),
+                                        "--limit", "max_steps=8", "--limit", "time_limit_s=30"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert launched["app"].t2v_session.limits == PageLimits(max_steps=8, time_limit_s=30)
+    r = CliRunner().invoke(ui_command, ["--config", "tiny", "--limit", "max_steps=-1"])
+    assert r.exit_code == 1 and "error: --limit: max_steps: " in r.output and "Traceback" not in r.output
 
     r = CliRunner().invoke(ui_command, ["--config", "tiny", "--set", "num_frames=10"])
     assert r.exit_code == 1 and "error: video shape (10 frames" in r.output

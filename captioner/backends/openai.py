@@ -4,8 +4,23 @@ Requests run on a thread pool of ``max_in_flight`` workers sharing one connectio
 ``max_in_flight`` requests are ever in flight, whatever the number of conversations or of threads
 calling :meth:`OpenAIBackend.generate`. Transient failures (429, 5xx, timeouts, connection errors)
 are retried with exponential backoff and full jitter, honouring ``Retry-After``; other 4xx answers
-fail at once. The API key is read from the environment on each request and never logged, stored in
-records or put in error messages.
+fail at once, and 401/403 raise :class:`~captioner.errors.AuthError` (a corpus run stops on it).
+
+Bounds. Each attempt has a deadline of ``timeout_s`` for all of it (connect, send, the whole reply):
+httpx only bounds each network operation, so a server sending a byte a second would never trip it;
+a timer shuts the attempt's socket down when the deadline passes (every attempt gets its own
+connection, so that socket is known). One request therefore takes at most
+``(max_retries + 1) * timeout_s + max_retries * backoff_max_s``
+(:attr:`OpenAIBackendConfig.worst_case_s`). Replies are streamed and reading stops past
+``max_reply_bytes`` (default: 64 bytes per token of ``max_new_tokens`` + 64 KiB), failing the request;
+the text handed back is at most 16 characters per token of ``max_new_tokens`` (a longer answer, from a
+server that ignores ``max_tokens``, is cut there, as the model's own limit would). Error replies are
+read up to 16 KiB.
+
+Secrets. The API key is read from the environment on each request and never logged or stored in
+records; server and library text that goes into an error or a log line passes through
+:func:`captioner.errors.redact` (the key, ``Bearer ...`` and ``Authorization: ...`` values removed),
+as does a reply's text.
 """
 
 from __future__ import annotations
@@ -13,9 +28,11 @@ from __future__ import annotations
 import base64
 import email.utils
 import io
+import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -28,13 +45,27 @@ from PIL import Image
 
 from captioner.backends import OpenAIBackendConfig
 from captioner.backends.base import ChatBackend, Conversation, Message, check_seeds, prepare_image
-from captioner.errors import BackendError
+from captioner.errors import REDACTED, AuthError, BackendError, redact
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenAIBackend", "encode_image"]
+__all__ = ["MAX_CHARS_PER_TOKEN", "OpenAIBackend", "encode_image", "reply_byte_limit"]
 
 _ERROR_TEXT_LIMIT = 300
+_ERROR_BODY_BYTES = 16 * 1024  # of an error reply, read for its message; the rest is not read
+REPLY_BYTES_PER_TOKEN = 64  # JSON-escaped text, with room for servers' extra fields (reasoning, logprobs)
+REPLY_OVERHEAD_BYTES = 64 * 1024
+#: The text handed back is cut at this many characters per token of max_new_tokens (a real token is
+#: rarely more than 10; a server that ignores max_tokens gets no further).
+MAX_CHARS_PER_TOKEN = 16
+
+
+def reply_byte_limit(max_new_tokens: int, configured: int | None = None) -> int:
+    """Largest reply body read for a request of ``max_new_tokens``: ``configured`` (the config's
+    ``max_reply_bytes``) or 64 bytes per token + 64 KiB."""
+    if configured is not None:
+        return int(configured)
+    return REPLY_BYTES_PER_TOKEN * int(max_new_tokens) + REPLY_OVERHEAD_BYTES
 
 
 def encode_image(image: Image.Image, *, max_side: int | None, quality: int) -> str:
@@ -86,6 +117,70 @@ class _Aborted(Exception):
     """Another request of the same generate() call failed; stop retrying."""
 
 
+class _Deadline:
+    """The deadline of one request attempt: connect, send and the whole reply within ``seconds``.
+
+    httpx's timeouts bound each network operation, not the request, so a server that drips a byte a
+    second (in the headers or the body) never trips them. Here the httpcore ``trace`` extension hands
+    over the socket of the attempt's connection when it is made, and a timer shuts that socket down
+    when the time is up: the blocked read or write fails at once. (The client keeps no idle
+    connections, so every attempt makes its own and its socket is always known.)"""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for s in self._socks:
+                s.close()  # our duplicate; the connection itself is closed by httpx
+            self._socks.clear()
+
+    def trace(self, event: str, info: dict) -> None:
+        """httpx ``trace`` extension callback (called in the requesting thread)."""
+        if event != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is None:
+            return
+        try:
+            dup = sock.dup()  # survives a TLS wrap of the original, which takes over its descriptor
+        except OSError as exc:  # out of descriptors: the per-operation timeouts still hold
+            log.warning("openai backend: cannot watch a connection for the request deadline (%s)", exc)
+            return
+        with self._lock:
+            self._socks.append(dup)
+            if self.expired:
+                _shutdown(dup)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for s in self._socks:
+                _shutdown(s)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by the peer or by httpx
+
+
+class _ReplyTooLarge(Exception):
+    pass
+
+
 class OpenAIBackend(ChatBackend):
     """Chat completions over HTTP. See :class:`OpenAIBackendConfig` for the settings."""
 
@@ -97,8 +192,10 @@ class OpenAIBackend(ChatBackend):
         self._where = _safe_url(self.url)
         n = cfg.max_in_flight
         self._client = httpx.Client(
+            # each network operation within timeout_s; the attempt as a whole too (_Deadline)
             timeout=httpx.Timeout(cfg.timeout_s),
-            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            # no idle connections: each attempt opens its own, whose socket its _Deadline can shut down
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=0),
             follow_redirects=False,
         )
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="openai-backend")
@@ -223,12 +320,22 @@ class OpenAIBackend(ChatBackend):
             body["seed"] = cfg.seed
         return body
 
+    def _api_key(self) -> str:
+        return os.environ.get(self.cfg.api_key_env, "").strip()
+
     def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env, "").strip()
+        # identity: the reply's size on the wire is its size in memory (no decompression to bound)
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    def _server_text(self, data: bytes | str) -> str:
+        """Text from the server or a library, fit for an error message or a log line: the API key and any
+        ``Bearer``/``Authorization`` value redacted, whitespace collapsed, at most 300 characters."""
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return _truncate(redact(text, [self._api_key()]))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         cfg = self.cfg
@@ -241,28 +348,48 @@ class OpenAIBackend(ChatBackend):
         if abort.is_set():
             raise _Aborted()
         body = self.payload(conv, max_new_tokens, seed)
-        attempts = self.cfg.max_retries + 1
+        cfg = self.cfg
+        cap = reply_byte_limit(max_new_tokens, cfg.max_reply_bytes)
+        attempts = cfg.max_retries + 1
         last_error = ""
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
+            deadline = _Deadline(cfg.timeout_s)
             try:
-                resp = self._client.post(self.url, json=body, headers=self._headers())
-            except httpx.TimeoutException as exc:
-                last_error = f"timed out after {self.cfg.timeout_s:g}s ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                last_error = f"connection error ({type(exc).__name__}: {_truncate(str(exc), 200)})"
-            else:
-                status = resp.status_code
-                if 200 <= status < 300:
-                    return self._parse(resp)
-                text = _truncate(resp.text)
-                if status == 429 or status >= 500:
-                    last_error = f"HTTP {status}: {text}"
-                    retry_after = _retry_after_seconds(resp.headers.get("retry-after"))
+                with deadline:
+                    status, data, headers = self._post(body, cap, deadline)
+            except _ReplyTooLarge:
+                raise BackendError(
+                    f"openai backend: {self._where} sent a reply larger than {cap} bytes for "
+                    f"max_new_tokens={max_new_tokens} (reading stopped there; not retried; max_reply_bytes "
+                    "sets the limit)"
+                ) from None
+            except httpx.RequestError as exc:  # timeouts, connection and protocol errors, undecodable bodies
+                if deadline.expired or isinstance(exc, httpx.TimeoutException):
+                    last_error = f"timed out: no complete reply within timeout_s={cfg.timeout_s:g}s"
                 else:
-                    raise BackendError(
-                        f"openai backend: POST {self._where} failed with HTTP {status} (not retried): {text}"
-                    )
+                    last_error = f"connection error ({type(exc).__name__}: {self._server_text(str(exc))[:200]})"
+            else:
+                if deadline.expired:  # the reply may be cut short (a body without a length ends at EOF)
+                    last_error = f"timed out: no complete reply within timeout_s={cfg.timeout_s:g}s"
+                elif 200 <= status < 300:
+                    return self._parse(status, data, max_new_tokens)
+                else:
+                    text = self._server_text(data)
+                    if status in (401, 403):
+                        key = "set" if self._api_key() else "not set"
+                        raise AuthError(
+                            f"openai backend: {self._where} refused the request with HTTP {status} "
+                            f"({'unauthorized' if status == 401 else 'forbidden'}; not retried; check the API key "
+                            f"in ${cfg.api_key_env}, which is {key}): {text}"
+                        )
+                    if status == 429 or status >= 500:
+                        last_error = f"HTTP {status}: {text}"
+                        retry_after = _retry_after_seconds(headers.get("retry-after"))
+                    else:
+                        raise BackendError(
+                            f"openai backend: POST {self._where} failed with HTTP {status} (not retried): {text}"
+                        )
             if attempt == attempts:
                 break
             delay = self._delay(attempt, retry_after)
@@ -278,36 +405,67 @@ class OpenAIBackend(ChatBackend):
                 raise _Aborted()
         raise BackendError(
             f"openai backend: POST {self._where} failed after {attempts} attempt(s) "
-            f"(max_retries={self.cfg.max_retries}); last error: {last_error}"
+            f"(max_retries={cfg.max_retries}); last error: {last_error}"
         )
 
-    def _parse(self, resp: httpx.Response) -> str:
+    def _post(self, body: dict, cap: int, deadline: _Deadline) -> tuple[int, bytes, httpx.Headers]:
+        """One attempt: (status, body, headers). A success's body is read whole, up to ``cap`` bytes
+        (beyond: :class:`_ReplyTooLarge`, nothing more is read); an error's only its first 16 KiB."""
+        with self._client.stream(
+            "POST", self.url, json=body, headers=self._headers(), extensions={"trace": deadline.trace}
+        ) as resp:
+            ok = 200 <= resp.status_code < 300
+            limit = cap if ok else _ERROR_BODY_BYTES
+            declared = resp.headers.get("content-length", "")
+            if ok and declared.isdigit() and int(declared) > cap:
+                raise _ReplyTooLarge()
+            buf = bytearray()
+            for chunk in resp.iter_bytes():
+                buf += chunk
+                if len(buf) > limit:
+                    if ok:
+                        raise _ReplyTooLarge()
+                    del buf[limit:]
+                    break
+            return resp.status_code, bytes(buf), resp.headers
+
+    def _parse(self, status: int, data: bytes, max_new_tokens: int) -> str:
         try:
-            data = resp.json()
+            reply = json.loads(data)
         except ValueError:
             raise BackendError(
-                f"openai backend: {self._where} answered HTTP {resp.status_code} with a body that is not JSON: "
-                f"{_truncate(resp.text)}"
+                f"openai backend: {self._where} answered HTTP {status} with a body that is not JSON: "
+                f"{self._server_text(data)}"
             ) from None
-        choices = data.get("choices") if isinstance(data, dict) else None
+        choices = reply.get("choices") if isinstance(reply, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise BackendError(
-                f"openai backend: malformed response from {self._where} (no choices): {_truncate(resp.text)}"
+                f"openai backend: malformed response from {self._where} (no choices): {self._server_text(data)}"
             )
         message = choices[0].get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):  # some servers return content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
         if not isinstance(content, str):
             raise BackendError(
                 f"openai backend: malformed response from {self._where} (choice without text content): "
-                f"{_truncate(resp.text)}"
+                f"{self._server_text(data)}"
             )
         if choices[0].get("finish_reason") == "length":
             log.debug("openai backend: a reply was cut at max_tokens")
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        key = self._api_key()
+        if key and len(key) >= 4 and key in content:  # a proxy that echoes the request into the answer
+            content = content.replace(key, REDACTED)
+        max_chars = MAX_CHARS_PER_TOKEN * max_new_tokens
+        if len(content) > max_chars:  # the server ignored max_tokens: cut as the limit would have
+            log.warning(
+                "openai backend: %s answered %d characters for max_new_tokens=%d; cut at %d",
+                self._where, len(content), max_new_tokens, max_chars,
+            )
+            content = content[:max_chars]
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
         self._count_usage(1, usage.get("prompt_tokens"), usage.get("completion_tokens"))
-        info = {k: data[k] for k in ("model", "system_fingerprint") if isinstance(data.get(k), str)}
+        info = {k: reply[k] for k in ("model", "system_fingerprint") if isinstance(reply.get(k), str)}
         if info:
             with self._lock:
                 if "model" in info:

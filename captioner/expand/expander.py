@@ -16,7 +16,9 @@ For each prompt, :meth:`Expander.expand`:
    (:mod:`captioner.expand.checks`) and against the token budget of the target video model's
    tokenizer (:class:`~captioner.expand.budget.TokenBudget`);
 5. keeps the passing candidate nearest the prompt (sentence-embedding cosine similarity); when none
-   passes, asks again with the reason (``checks.max_retries`` times); a caption that passes everything
+   passes, asks again with the reason (``checks.max_retries`` times; the rejected answer goes back as an
+   earlier turn, cut to :data:`ECHO_CHARS_PER_TOKEN` characters per token of ``max_new_tokens``, so a
+   runaway answer cannot make each retry larger than the last); a caption that passes everything
    but is over the budget on the last try is trimmed at a sentence boundary; when nothing works the
    original prompt is used and the result says why (status ``fallback``).
 
@@ -58,6 +60,10 @@ EXPAND_SCHEMA: dict[str, dict[str, set[str]]] = {
 }
 
 CACHE_FORMAT = 1
+
+#: A rejected answer sent back on a retry is cut at this many characters per token of ``max_new_tokens``
+#: (an answer the model can have written is rarely longer; the checks' reason says what was wrong).
+ECHO_CHARS_PER_TOKEN = 6
 
 
 @dataclass
@@ -137,6 +143,15 @@ class ExpansionCache:
 
 
 _TAG = re.compile(r"</?\s*prompt\s*>", re.IGNORECASE)
+
+
+def _echo(text: str, max_new_tokens: int) -> str:
+    """A rejected answer as it is sent back on a retry: at most ``ECHO_CHARS_PER_TOKEN * max_new_tokens``
+    characters (then ``[... N more characters]``)."""
+    if not text:
+        return "(empty)"
+    limit = ECHO_CHARS_PER_TOKEN * max_new_tokens
+    return text if len(text) <= limit else f"{text[:limit]} [... {len(text) - limit} more characters]"
 
 
 def _as_content(prompt: str) -> str:
@@ -399,7 +414,7 @@ class Expander:
                     v = verdicts[0]
                     last_reason[i] = v["reason"]
                     follow = p["retry"].format(reason=v["reason"])
-                convs[i] = [*convs[i], Message.assistant(v["text"] or "(empty)"), Message.user(follow)]
+                convs[i] = [*convs[i], Message.assistant(_echo(v["text"], cfg.max_new_tokens)), Message.user(follow)]
                 still.append(i)
             active = still
         for i in active:  # nothing passed within the retry budget

@@ -60,7 +60,7 @@ from pydantic import Field, field_validator
 
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError, ConfigError
-from captioner.record import file_sha256, replace_dir
+from captioner.record import file_sha256, pick_checkpoint, replace_dir
 from captioner.record import write_json_atomic as write_text_atomic  # it writes any text
 
 log = logging.getLogger(__name__)
@@ -349,9 +349,11 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
 def find_checkpoint(out_dir: str | Path, resume: str) -> Path | None:
     """``latest``: the newest complete checkpoint under ``OUT/checkpoints`` (None when there is none);
     otherwise ``resume`` is a checkpoint folder."""
-    if resume == "latest":
-        found = list_checkpoints(out_dir)
-        return found[-1][1] if found else None
+    if resume == "latest":  # the newest that can be read: a damaged one is passed over with a warning
+        try:
+            return pick_checkpoint([p for _, p in list_checkpoints(out_dir)])
+        except CaptionerError as exc:
+            raise ExpanderTrainingError(str(exc)) from None
     p = Path(resume).expanduser()
     if (p / "state.json").is_file():
         return p

@@ -50,7 +50,8 @@ class EngineConfig(StrictModel):
         300.0, gt=0, description="a decode worker not ready by then is replaced; the run stops if they keep failing"
     )
     min_clip_seconds: float | None = Field(
-        None, ge=0, description="shorter clips fail as too short; null = one keyframe interval"
+        None, ge=0, description="shorter clips fail as too short; null = no minimum: every clip with a decodable "
+        "frame is captioned (one shorter than the keyframe interval gets its first and last frames)"
     )
     prefetch: int = Field(8, ge=1, description="clips decoded ahead of the models")
     max_active_clips: int = Field(32, ge=1, description="clips whose DiffSW is in progress at once (batching width)")

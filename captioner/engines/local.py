@@ -50,13 +50,12 @@ class LocalPipeline:
             self.dispatch["summarizer"] = self.dispatch["captioner"]
         else:
             self.dispatch["summarizer"] = Dispatcher(self.vc.summarizer, on_done, cfg.run.max_batch)
-        min_s = cfg.run.min_clip_seconds
         self.pool = DecodePool(
             self.caption_cfg.model_dump(mode="json"),
             workers=cfg.run.workers,
             timeout_s=cfg.run.clip_timeout_s,
             start_timeout_s=cfg.run.worker_start_timeout_s,
-            min_duration=cfg.keyframes.interval if min_s is None else min_s,
+            min_duration=cfg.run.min_clip_seconds,
         )
 
     def close(self) -> None:

@@ -675,9 +675,20 @@ def _log_video(run: _Run, step: int, i: int, prompt: str, path: Path, frames: np
 # outputs
 
 
+def loadable_model_ref(model_id: str) -> str:
+    """What ``DiffusionPipeline.from_pretrained`` accepts for ``model_id``: the absolute local folder
+    for a ``tiny://`` reference or a local path, the hub id unchanged."""
+    from t2v.tiny import resolve_t2v_model
+
+    resolved = resolve_t2v_model(model_id)
+    return str(Path(resolved).resolve()) if Path(resolved).exists() else resolved
+
+
 def _write_base_model(out: Path, cfg: TrainConfig, spec, model_id: str) -> None:
     _write_json_atomic(out / "base_model.json", {
-        "model_id": model_id,
+        "model_id": model_id,  # as given in the config (e.g. tiny://wan)
+        # what plain diffusers loads: DiffusionPipeline.from_pretrained(this, revision=revision)
+        "pretrained_model_name_or_path": loadable_model_ref(model_id),
         "revision": cfg.model.revision,
         "family": spec.name,
         "pipeline_class": spec.pipeline_class_name,
@@ -695,7 +706,7 @@ def _model_card(run: _Run, model_id: str, data: dict, final_loss: float | None) 
     buckets = ", ".join(f"{b}: {n}" for b, n in data.get("buckets", {}).items())
     if lora:
         usage = (f"```python\nimport torch\nfrom diffusers import {spec.pipeline_class_name}\n\n"
-                 f"pipe = {spec.pipeline_class_name}.from_pretrained(\"{model_id}\")\n"
+                 f"pipe = {spec.pipeline_class_name}.from_pretrained(\"{loadable_model_ref(model_id)}\")\n"
                  f"pipe.load_lora_weights(\"{run.out / 'lora'}\")\n```\n")
         what = (f"A LoRA (rank {cfg.lora.rank}, alpha {cfg.lora.alpha or cfg.lora.rank}) on "
                 f"{', '.join(cfg.lora.target_modules or spec.lora_target_modules)} of the transformer, "
@@ -704,7 +715,8 @@ def _model_card(run: _Run, model_id: str, data: dict, final_loss: float | None) 
         cls = type(run.transformer).__name__
         usage = (f"```python\nfrom diffusers import {spec.pipeline_class_name}, {cls}\n\n"
                  f"transformer = {cls}.from_pretrained(\"{run.out / 'transformer'}\")\n"
-                 f"pipe = {spec.pipeline_class_name}.from_pretrained(\"{model_id}\", transformer=transformer)\n```\n")
+                 f"pipe = {spec.pipeline_class_name}.from_pretrained(\"{loadable_model_ref(model_id)}\", "
+                 "transformer=transformer)\n```\n")
         what = "A fully fine-tuned transformer (`transformer/`, diffusers format)"
     lines = [
         "---",

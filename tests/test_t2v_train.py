@@ -197,6 +197,28 @@ def test_lora_loads_into_plain_wan_pipeline(uninterrupted, tiny_wan):
     np.testing.assert_allclose(comfy, with_lora, atol=1e-5)
 
 
+def test_base_model_json_names_a_base_plain_diffusers_loads(uninterrupted, tiny_wan):
+    """base_model.json keeps the id as given (tiny://wan) and names what DiffusionPipeline loads; the
+    run's LoRA applies to that base with nothing of this project's."""
+    from diffusers import DiffusionPipeline
+
+    out, _ = uninterrupted
+    base = json.loads((out / "base_model.json").read_text())
+    assert base["model_id"] == "tiny://wan"
+    assert Path(base["pretrained_model_name_or_path"]).is_absolute()
+    assert Path(base["pretrained_model_name_or_path"]).resolve() == Path(tiny_wan).resolve()
+    pipe = DiffusionPipeline.from_pretrained(base["pretrained_model_name_or_path"], revision=base["revision"])
+    assert type(pipe).__name__ == base["pipeline_class"]
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="A cockatoo raises its crest.", num_frames=9, height=32, width=32, num_inference_steps=2,
+                  guidance_scale=1.0, output_type="np")
+    plain = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames[0]
+    pipe.load_lora_weights(str(out / "lora"))
+    tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames[0]
+    assert np.abs(tuned - plain).max() > 1e-4
+    assert base["pretrained_model_name_or_path"] in (out / "README.md").read_text()  # the card's snippet runs
+
+
 @pytest.mark.parametrize("family", ["cogvideox", "ltx"])
 def test_other_families_train_and_load(tiny_paths, tmp_path, family):
     """The same trainer on CogVideoX (DDPM v-prediction) and LTX-Video (packed tokens): the LoRA loads

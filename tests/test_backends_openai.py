@@ -38,7 +38,8 @@ def make_backend(monkeypatch):
         kw.setdefault("backoff_base_s", 0.001)
         kw.setdefault("backoff_max_s", 0.01)
         kw.setdefault("timeout_s", 5.0)
-        cfg = OpenAIBackendConfig(model="test-vlm", base_url=server.base_url, api_key_env=KEY_ENV, **kw)
+        kw.setdefault("model", "test-vlm")
+        cfg = OpenAIBackendConfig(base_url=server.base_url, api_key_env=KEY_ENV, **kw)
         b = build_backend(cfg)
         made.append(b)
         return b
@@ -431,3 +432,44 @@ def test_a_served_model_named_by_a_path_is_not_looked_for_on_disk(server, monkey
     finally:
         captioner.captioner.close()
     assert server.requests[0].body["model"] == name
+
+
+def test_images_to_a_text_only_model_are_one_clear_error(make_backend):
+    """A server that drops image parts for a text-only model (transformers serve does) would answer
+    every captioning request blind: the first request with images finds out (the same 1-token request
+    with and without an image count the same prompt tokens) and fails naming the model and server."""
+    from captioner.errors import FatalBackendError, UnsupportedInputError
+
+    with ChatServer(text_only=True, model_name="smol-text") as srv:
+        backend = make_backend(srv, model="smol-text")
+        assert backend.generate([[Message.user("Say hello.")]]) == ["reply to: Say hello."]  # text is fine
+        for _ in range(2):  # checked once; the verdict is kept
+            with pytest.raises(UnsupportedInputError) as exc:
+                backend.generate([[Message.user(_image(64, 64), "Describe the image.")]])
+            assert isinstance(exc.value, FatalBackendError)
+            assert "'smol-text'" in str(exc.value) and srv.base_url in str(exc.value) and "ignores images" in str(exc.value)
+        assert len(srv.probes) == 2 and len(srv.requests) == 1  # no captioning request went out blind
+    with ChatServer() as srv:  # a vision model's server: the check passes once, then requests flow
+        backend = make_backend(srv)
+        for _ in range(2):
+            assert backend.generate([[Message.user(_image(64, 64), "Describe it.")]]) == ["reply to: Describe it."]
+        assert len(srv.probes) == 2 and len(srv.requests) == 2
+        assert "image_url" in str(srv.probes[0].body) and "image_url" not in str(srv.probes[1].body)
+
+
+def test_a_server_that_refuses_images_is_one_clear_error(make_backend):
+    from captioner.errors import UnsupportedInputError
+
+    with ChatServer() as srv:
+        srv.responder = None
+        backend = make_backend(srv, model="text-llm", max_retries=0)
+        original = srv._reply
+
+        def refuse(body):
+            if "image_url" in str(body):
+                raise ValueError
+            return original(body)
+
+        srv._reply = refuse  # an image request breaks the handler: the server answers 500
+        with pytest.raises(UnsupportedInputError, match="'text-llm' at .* does not take images"):
+            backend.generate([[Message.user(_image(64, 64), "Describe it.")]])

@@ -279,3 +279,22 @@ def test_every_clip_with_a_decodable_frame_is_captioned_however_short(samples_di
     strict = run_corpus(corpus, tiny_run_config("run.workers=0", "run.min_clip_seconds=1.0"), tmp_path / "strict", progress=False)
     assert strict["captioned"] == 1 and strict["failed"] == 2
     assert any("too short" in e["error"] and "short_0.3s" in e["path"] for e in iter_jsonl(tmp_path / "strict" / "errors.jsonl"))
+
+
+def test_a_text_only_model_behind_the_openai_backend_stops_the_run_at_once(good_corpus, tmp_path, monkeypatch):
+    """Images sent to a server whose model drops them would caption the corpus blind: the run stops
+    with one error naming the model and server, before any clip is captioned or failed."""
+    from chat_server import ChatServer
+
+    from captioner.errors import UnsupportedInputError
+
+    with ChatServer(text_only=True) as server:
+        cfg = tiny_run_config(
+            "captioner={type: openai, model: a-text-llm, base_url: '%s', max_retries: 0}" % server.base_url,
+            "summarizer=null", "run.workers=0",
+        )
+        with pytest.raises(UnsupportedInputError, match="'a-text-llm' at .*ignores images"):
+            run_corpus(good_corpus, cfg, tmp_path / "run", progress=False)
+        assert server.requests == [] and len(server.probes) == 2
+    errors = tmp_path / "run" / "errors.jsonl"
+    assert not errors.exists() or not list(iter_jsonl(errors))  # no clip was failed for it

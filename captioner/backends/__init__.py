@@ -74,6 +74,10 @@ class OpenAIBackendConfig(StrictModel):
     seed: int | None = 0
     jpeg_quality: int = Field(90, ge=1, le=100)
     max_image_side: int | None = Field(1024, ge=1)
+    check_images: bool = Field(True, description=(
+        "before the first request with images, check that the server passes them to the model: the same "
+        "1-token request with and without an image must differ in prompt tokens (a text-only model that "
+        "silently drops images is an error naming the model and server, not hours of captions made blind)"))
 
     @property
     def worst_case_s(self) -> float:
@@ -89,7 +93,7 @@ _ADAPTER: TypeAdapter = TypeAdapter(BackendConfig)
 
 def build_backend(cfg: HFBackendConfig | OpenAIBackendConfig | dict) -> ChatBackend:
     """Build the backend a config describes (a dict is validated first); an ``hf`` model reference is
-    resolved first (``tiny://NAME`` built on first use, ``~`` expanded)."""
+    resolved first (``tiny://NAME`` and ``real://NAME`` built on first use, ``~`` expanded)."""
     if isinstance(cfg, dict):
         try:
             cfg = _ADAPTER.validate_python(cfg)
@@ -97,11 +101,12 @@ def build_backend(cfg: HFBackendConfig | OpenAIBackendConfig | dict) -> ChatBack
             raise ConfigError(f"invalid backend config: {err}") from None
     if isinstance(cfg, HFBackendConfig):
         from captioner.backends.hf import HFBackend
-        from captioner.modelrefs import TINY_SCHEME, resolve_model_ref
+        from captioner.modelrefs import REAL_SCHEME, TINY_SCHEME, resolve_model_ref
 
-        # tiny://NAME and ~ resolved here, for every caller; a missing folder is reported by HFBackend (a
-        # BackendError naming it). A server's model name (openai) is never resolved: it is not a file here.
-        if cfg.model.startswith((TINY_SCHEME, "~")):
+        # tiny://NAME, real://NAME and ~ resolved here, for every caller; a missing folder is reported by
+        # HFBackend (a BackendError naming it). A server's model name (openai) is never resolved: it is
+        # not a file here.
+        if cfg.model.startswith((TINY_SCHEME, REAL_SCHEME, "~")):
             cfg = cfg.model_copy(update={"model": resolve_model_ref(cfg.model)})
         return HFBackend(cfg)
     if isinstance(cfg, OpenAIBackendConfig):

@@ -45,7 +45,7 @@ from PIL import Image
 
 from captioner.backends import OpenAIBackendConfig
 from captioner.backends.base import ChatBackend, Conversation, Message, check_seeds, prepare_image
-from captioner.errors import REDACTED, AuthError, BackendError, redact
+from captioner.errors import REDACTED, AuthError, BackendError, UnsupportedInputError, redact
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,8 @@ class OpenAIBackend(ChatBackend):
         self._closed = False
         self._server_info: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._images_checked: BackendError | bool = False  # True, or the error to raise again
+        self._images_lock = threading.Lock()
 
     # ------------------------------------------------------------------ interface
 
@@ -259,6 +261,8 @@ class OpenAIBackend(ChatBackend):
                     raise BackendError(f"openai backend: conversation {i} holds a {type(msg).__name__}, not a Message")
 
         seeds = check_seeds(seeds, len(conversations), self.name)
+        if self.cfg.check_images and any(m.has_images for conv in conversations for m in conv):
+            self._check_images_reach_model()
         abort = threading.Event()
         futures: list[Future] = [
             self._pool.submit(self._complete, conv, limit, abort, None if seeds is None else seeds[i])
@@ -290,6 +294,46 @@ class OpenAIBackend(ChatBackend):
             raise
 
     # ------------------------------------------------------------------ internals
+
+    def _check_images_reach_model(self) -> None:
+        """Once per backend: the same 1-token request with and without a 448x448 image. A vision model
+        counts the image's tokens; a text-only model behind a server that drops image parts (as
+        ``transformers serve`` does) counts the same, and a server that refuses images answers 4xx:
+        either way an :class:`UnsupportedInputError` names the model and server. A server that
+        reports no token usage cannot be checked (logged, and the run goes on)."""
+        with self._images_lock:
+            if self._images_checked is True:
+                return
+            if isinstance(self._images_checked, BackendError):
+                raise self._images_checked
+            where = f"model {self.cfg.model!r} at {self._where}"
+            question = "Reply with one word: what colour is this?"
+            image = Image.new("RGB", (448, 448), (200, 40, 40))
+            abort = threading.Event()
+            try:
+                counts = []
+                for conv in ([Message.user(image, question)], [Message.user(question)]):
+                    reply = json.loads(self._send(self.payload(conv, 1, 0), 1, abort))
+                    usage = reply.get("usage") if isinstance(reply, dict) else None
+                    counts.append(usage.get("prompt_tokens") if isinstance(usage, dict) else None)
+            except (BackendError, ValueError) as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                error = UnsupportedInputError(f"openai backend: {where} does not take images: {exc}")
+                self._images_checked = error
+                raise error from None
+            with_image, without = counts
+            if not isinstance(with_image, int) or not isinstance(without, int):
+                log.info("openai backend: %s reports no token usage; cannot check that it sees images", where)
+            elif with_image <= without:
+                self._images_checked = UnsupportedInputError(
+                    f"openai backend: {where} ignores images: a request with a 448x448 image counted {with_image} "
+                    f"prompt tokens, the same request without it {without}. It is a text-only model (or the server "
+                    "drops image parts); captioning needs a vision-language model. (check_images: false skips "
+                    "this check.)"
+                )
+                raise self._images_checked
+            self._images_checked = True
 
     def payload(self, conv: Conversation, max_new_tokens: int, seed: int | None = None) -> dict:
         """The JSON body sent for one conversation."""
@@ -347,7 +391,10 @@ class OpenAIBackend(ChatBackend):
     def _complete(self, conv: Conversation, max_new_tokens: int, abort: threading.Event, seed: int | None = None) -> str:
         if abort.is_set():
             raise _Aborted()
-        body = self.payload(conv, max_new_tokens, seed)
+        return self._parse(200, self._send(self.payload(conv, max_new_tokens, seed), max_new_tokens, abort), max_new_tokens)
+
+    def _send(self, body: dict, max_new_tokens: int, abort: threading.Event) -> bytes:
+        """POST ``body`` with the retry policy; the body of the successful reply."""
         cfg = self.cfg
         cap = reply_byte_limit(max_new_tokens, cfg.max_reply_bytes)
         attempts = cfg.max_retries + 1
@@ -373,7 +420,7 @@ class OpenAIBackend(ChatBackend):
                 if deadline.expired:  # the reply may be cut short (a body without a length ends at EOF)
                     last_error = f"timed out: no complete reply within timeout_s={cfg.timeout_s:g}s"
                 elif 200 <= status < 300:
-                    return self._parse(status, data, max_new_tokens)
+                    return data
                 else:
                     text = self._server_text(data)
                     if status in (401, 403):

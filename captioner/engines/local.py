@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from captioner.caption import VideoCaptioner
 from captioner.engines.decode_pool import DecodePool, PrepResult
 from captioner.engines.dispatch import Dispatcher
-from captioner.errors import AuthError, BackendError
+from captioner.errors import BackendError, FatalBackendError
 
 if TYPE_CHECKING:
     from captioner.corpus import RunConfig, RunOutput, RunStats, WorkItem
@@ -138,9 +138,9 @@ class LocalPipeline:
                     continue  # the clip already failed
                 session = state["session"]
                 stats.stage_seconds[request.stage] = stats.stage_seconds.get(request.stage, 0.0) + seconds
-                if isinstance(error, AuthError):
-                    # the server refuses the credentials: every clip would fail the same way, so the run
-                    # stops here with that one error (the clips in flight stay to do on resume)
+                if isinstance(error, FatalBackendError):
+                    # refused credentials, a model that cannot take images: every clip would fail the same
+                    # way, so the run stops here with that one error (the clips in flight stay to do on resume)
                     raise error
                 if error is not None:
                     del active[id(session)]

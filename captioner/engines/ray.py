@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, FatalBackendError
 
 if TYPE_CHECKING:
     from captioner.corpus import RunConfig, RunOutput, RunStats, WorkItem
@@ -147,6 +147,11 @@ class _RayDriver:
                 try:
                     result = self.ray.get(ref, timeout=60)
                 except Exception as exc:  # noqa: BLE001 - actor died, or raised: the batch is retried
+                    cause = getattr(exc, "cause", None)  # a RayTaskError carries the actor's exception
+                    if isinstance(cause, FatalBackendError):  # every batch would fail the same way
+                        raise cause from None
+                    if isinstance(exc, FatalBackendError):
+                        raise FatalBackendError(str(exc).strip().splitlines()[-1]) from None
                     pending.extendleft(reversed(self._retry(actor, batch, attempt, f"captioning actor failed: {_one_line(exc)}")))
                     continue
                 self.idle.append(actor)

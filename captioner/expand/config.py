@@ -69,6 +69,8 @@ class ChecksConfig(StrictModel):
     keep_named_terms: bool = True
     min_coverage: float = Field(0.6, ge=0.0, le=1.0, description="share of the prompt's content words kept")
     exclusions: bool = True
+    injections: bool = Field(True, description="a prompt that talks to the model (\"ignore previous instructions\") "
+                             "is not sent to it: the original prompt is used")
     max_retries: int = Field(2, ge=0, description="asks again with the reason; then the original prompt is used")
 
     @model_validator(mode="after")

@@ -7,7 +7,9 @@ For each prompt, :meth:`Expander.expand`:
    settings, the examples, the checks and the target tokenizer); the language model is not even
    loaded when every prompt is cached;
 2. passes a prompt through unchanged when it is already detailed (``passthrough_words`` or more words),
-   unless ``force``;
+   unless ``force``; falls back to a prompt as it is, without asking the model, when it talks to the
+   model instead of describing a video ("ignore previous instructions...",
+   :func:`~captioner.expand.checks.injection_reason`; ``checks.injections``);
 3. otherwise builds a conversation: the system prompt, the ``k`` nearest (short prompt, caption)
    examples as earlier turns, and the user's prompt between ``<prompt>`` tags (content, never
    instructions);
@@ -40,7 +42,7 @@ from typing import Any
 from captioner.backends import ChatBackend, Message, build_backend
 from captioner.errors import ConfigError
 from captioner.expand.budget import TokenBudget
-from captioner.expand.checks import check_expansion, clean_answer, word_count
+from captioner.expand.checks import check_expansion, clean_answer, injection_reason, word_count
 from captioner.expand.config import ExpandConfig
 from captioner.expand.examples import Example, ExampleIndex, builtin_examples, load_examples
 from captioner.prompts import load_prompts
@@ -290,6 +292,10 @@ class Expander:
                 if self.cache:
                     self.cache.put(key, results[i])
                 continue
+            injection = injection_reason(p) if self.cfg.checks.injections else None
+            if injection:
+                results[i] = self._injection(p, key, model_info, injection)
+                continue
             pending[key] = [i]
         order = list(pending)
         for start in range(0, len(order), self.cfg.chunk_size):
@@ -331,6 +337,15 @@ class Expander:
                                    "video model's text encoder will cut it")
         return exp
 
+    def _injection(self, prompt: str, key: str, model_info: dict, reason: str) -> Expansion:
+        text = " ".join(prompt.split())
+        exp = self._base(prompt, text, "fallback", model_info)
+        exp.reason = f"{reason}; the original prompt is used"
+        exp.key = key
+        exp.tokens = self.budget.count(text) if self.budget else None
+        log.info("prompt %r: %s", prompt[:60], exp.reason)
+        return exp
+
     def conversation(self, prompt: str, examples: list[Example]) -> list[Message]:
         """The messages sent for ``prompt``: system, then the examples (nearest last), then the prompt."""
         p = self.prompts["expand"]
@@ -341,12 +356,14 @@ class Expander:
         conv.append(Message.user(p["user"].format(prompt=_as_content(prompt))))
         return conv
 
-    def _check(self, prompt: str, text: str) -> str | None:
+    def _check(self, prompt: str, text: str, examples: list[Example] = ()) -> str | None:
         c = self.cfg.checks
         return check_expansion(
             prompt, text, language=c.language, min_words=c.min_words, max_words=c.max_words,
             keep_quotes=c.keep_quotes, keep_named_terms=c.keep_named_terms, min_coverage=c.min_coverage,
             check_excluded=c.exclusions,
+            instructions=self.prompts["expand"]["system"].format(target_words=self.cfg.target_words),
+            examples=[e.caption for e in examples],
         )
 
     def _similarities(self, prompt: str, texts: list[str]) -> list[float]:
@@ -382,7 +399,7 @@ class Expander:
                 texts = [clean_answer(a) for a in answers[pos * n : (pos + 1) * n]]
                 verdicts = []
                 for j, text in enumerate(texts):
-                    reason = self._check(prompts[i], text)
+                    reason = self._check(prompts[i], text, examples[i])
                     tokens = self.budget.count(text) if self.budget and text else None
                     over = reason is None and tokens is not None and tokens > self.budget.max_tokens
                     verdicts.append({"text": text, "attempt": attempt + 1, "seed": seeds[pos * n + j] if seeds else None,
@@ -421,7 +438,7 @@ class Expander:
             exp = out[i]
             if over_budget[i] is not None:
                 trimmed = self.budget.trim(over_budget[i])
-                if trimmed and self._check(prompts[i], trimmed) is None:
+                if trimmed and self._check(prompts[i], trimmed, examples[i]) is None:
                     exp.text, exp.status, exp.trimmed = trimmed, "expanded", True
                     exp.tokens = self.budget.count(trimmed)
                     exp.reason = f"trimmed at a sentence boundary to fit {self.budget.max_tokens} tokens"

@@ -492,7 +492,10 @@ def test_cli(caption_server, tmp_path):
     result = runner.invoke(cli, _cli_args(caption_server, captions, out, "--sft", str(sft), "--sft-format", "sharegpt"))
     assert result.exit_code == 0, result.output
     assert "4 captions: 3 new pairs, 0 skipped as done, 0 failed, 1 empty" in result.output
-    assert "writer: 3 requests, 3 prompt tokens, 3 generated tokens" in result.output
+    # the usage line adds up what the server reported for each request
+    prompt_tokens = sum(caption_server._prompt_tokens(r.body) for r in caption_server.requests)
+    assert prompt_tokens > 3 * 20
+    assert f"writer: 3 requests, {prompt_tokens} prompt tokens, 3 generated tokens" in result.output
     assert f"wrote {out} (3 pairs in all)" in result.output and f"wrote {sft} (3 sharegpt examples)" in result.output
     assert [r["conversations"][1]["value"] for r in _lines(sft)] == [p["prompt"] for p in _lines(out)]
 

@@ -12,7 +12,8 @@ encoder (pixel), opens the video with the given reader at the default ``max_side
 ``ru_maxrss`` at the end. Rows:
 
 * ``baseline``: the same process with no video (imports + encoder): the floor every row includes;
-* ``auto``: the default reader choice (decord up to ``DECORD_MAX_BYTES``, PyAV above);
+* ``auto``: the default reader choice for keyframe extraction, which opens files for sparse access
+  (PyAV; before that, decord up to ``DECORD_MAX_BYTES`` and PyAV above);
 * ``decord`` / ``pyav``: the readers forced;
 * ``decord-before``: decord with its read-ahead left running
   (``captioner.video.DECORD_DROP_READAHEAD = False``), i.e. the decord reader before the fix,
@@ -97,7 +98,8 @@ def child(reader: str, video: str | None) -> None:
             V.DECORD_DROP_READAHEAD = False
             backend = "decord"
         t = time.perf_counter()
-        with V.open_video(video, backend=backend, max_side=cfg.max_side) as r:
+        # as extract_keyframes(path) opens it (sparse access); forced readers ignore the access
+        with V.open_video(video, backend=backend, max_side=cfg.max_side, access="sparse") as r:
             res = extract_keyframes(r, cfg, encoder=encoder)
         out.update(seconds=time.perf_counter() - t, backend=res.video.backend, frames=res.video.num_frames,
                    duration=res.video.duration, candidates=res.candidates, keyframes=res.indices,
@@ -198,7 +200,8 @@ at max side 336, 64 candidates decoded and encoded per batch) on {size[0]}x{size
 ffmpeg's `testsrc2` (x264 `ultrafast`, a keyframe every 250 frames) of {lengths} minutes. Each
 figure is a fresh process (imports, encoder, extraction), the median of {repeat} runs with their
 range; *peak / peak at {minutes[0]:g} min* is the growth with length (1.00 = flat; from the
-medians). *auto* is what `extract_keyframes(path)` does; *decord before the fix* is the decord
+medians). *auto* is what `extract_keyframes(path)` does (it opens files for sparse access, which
+auto mode serves with PyAV); *decord before the fix* is the decord
 reader with its read-ahead left running (`captioner.video.DECORD_DROP_READAHEAD = False`), which
 auto mode used for all of these files before: both measured in the same run.
 
@@ -235,8 +238,8 @@ Reading the figures.
   files above `DECORD_MAX_BYTES` (32 MiB) to PyAV; below that, decord's read-ahead is at most the
   file.
 - PyAV decodes only the frames asked for (from the keyframe before each), in the caller's thread:
-  flat. It is as fast as decord on this workload (*time*; one-off, on the keyframe benchmark's
-  23 s 640x360 video: 0.19 s with either).
+  flat. It is also faster than decord on this workload (*time*) and on the keyframe benchmark's
+  files, which is why "auto" serves sparse access (keyframe extraction) with PyAV.
 - The same keyframes are chosen by every reader and before and after (the *keyframes* column; the
   test videos and samples give identical keyframes and similarities too). PyAV's frames equal
   decord's at native size; when resizing, the two scalers differ by ~1.4/255 per pixel on average,
@@ -245,12 +248,14 @@ Reading the figures.
 - Single runs jump by 30-60 MB now and then, more often the more batches a video has: heap
   fragmentation once glibc's adaptive mmap threshold has risen to the size of a batch, hence
   medians. With the threshold fixed (`--mmap-threshold 1048576`, one-off run of 2 runs each) the
-  jumps are gone: auto 354, 351 and 357 MB for 2, 20 and 60 minutes, PyAV 330, 350 and 357 MB,
+  jumps are gone (measured when auto still chose decord below 32 MiB): auto 354, 351 and 357 MB
+  for 2, 20 and 60 minutes, PyAV 330, 350 and 357 MB,
   forced decord 360, 395 and 476 MB. The *before* rows depend on how much the decoding thread gets
   to run while the encoder works, so on the load of this shared machine: the first measurement,
   with the code before the fix, gave 375, 843 and 1,323 MB (1,049 MB in a second 60-minute run).
-- Auto mode also no longer keeps open the PyAV reader it uses to check decord's seeking when a
-  file opens (~30 MB less for the whole read; it is reopened if a decord read ever fails).
+- For dense access, auto mode checks decord's seeking with the PyAV source it opened anyway, and
+  keeps no second reader open (~30 MB less for the whole read; a PyAV reader is opened only if a
+  decord read ever fails).
 """
 
 

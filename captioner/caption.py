@@ -95,7 +95,7 @@ class ClipPreparer:
         side = cfg.grid.tile_max_side if grid else _larger_side(cfg.keyframes.max_side, cfg.diffsw.frame_max_side)
         # One reader serves keyframe selection and the keyframe images (the encoders resize for
         # themselves), and its frame cache makes the second read free: one decoding pass per clip.
-        with open_clip(video, start, end, backend=cfg.video_backend, max_side=side) as reader:
+        with open_clip(video, start, end, backend=cfg.video_backend, max_side=side, access="sparse") as reader:
             if min_duration is not None and reader.duration < min_duration:
                 raise VideoError(
                     str(video), f"too short: {reader.duration:.2f}s, less than the minimum of {min_duration:g}s"

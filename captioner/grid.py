@@ -243,7 +243,7 @@ def caption_grid(
     if isinstance(reader_or_path, VideoReader):
         session = grid_session(reader_or_path, cfg)
     else:
-        with open_video(reader_or_path, backend=video_backend, max_side=cfg.tile_max_side) as reader:
+        with open_video(reader_or_path, backend=video_backend, max_side=cfg.tile_max_side, access="sparse") as reader:
             session = grid_session(reader, cfg)
     run_sessions([session], backend)
     return session.grid, list(session.times), session.summary or ""

@@ -241,7 +241,7 @@ def is_solid(frame: np.ndarray, solid_std: float = 6.0) -> bool:
 def _open(video, max_side):
     from captioner.video import open_video
 
-    return open_video(video, max_side=max_side)
+    return open_video(video, max_side=max_side, access="sparse")
 
 
 def _unique_sorted(indices, n: int | None = None) -> list[int]:

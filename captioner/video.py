@@ -2,7 +2,8 @@
 
 :func:`open_video` returns a :class:`VideoReader` whose frame table (count, real presentation times)
 has been checked against what can really be decoded, so sampling code can trust ``num_frames`` and
-``frame_times`` and never asks a decoder for a frame that does not exist.
+``frame_times`` and never asks a decoder for a frame that does not exist. (One exception, for speed:
+files read in forward passes take the table from their packets; see :class:`PyAVReader`.)
 
 Backends
 --------
@@ -13,8 +14,10 @@ Backends
     streamed WebM without a duration, VP8, MP4 edit lists and partially truncated files. Imported
     lazily.
 ``"auto"`` (default)
-    PyAV reads the header first (codec, rotation, "is there a video stream at all"); then decord is
-    tried, and the file goes to PyAV when decord cannot open it, when its frame table is unreliable
+    PyAV reads the header first (codec, rotation, "is there a video stream at all") and seeks once
+    to the middle of the file: when the frames there come out corrupt, the file's keyframes are not
+    clean restart points for a decoder that has not seen the file's start, which is what decord's
+    is after a seek, and PyAV reads the file (see :class:`PyAVReader`). Otherwise decord is tried, and the file goes to PyAV when decord cannot open it, when its frame table is unreliable
     (frames before the stream start: an MP4 edit list, where decord's index-to-frame mapping is off),
     when its tail does not decode, and for codecs routed to PyAV up front (VP8, GIF). Files larger
     than ``DECORD_MAX_BYTES`` (32 MiB) go to PyAV as well: decord's memory grows with the file
@@ -46,6 +49,7 @@ from captioner.errors import VideoError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav")
+ACCESS = ("dense", "sparse")  # how a caller reads (open_video's ``access``)
 DEFAULT_NUM_THREADS = 2
 # decord: frames per get_batch call; bounds the native buffer decord allocates per call.
 DECORD_BATCH = 32
@@ -374,7 +378,10 @@ class _AVSource:
     """A PyAV container and its first video stream, with error-tolerant seeking and decoding."""
 
     corrupt_after_seek = False  # a frame decoded since the last seek was flagged corrupt
+    corrupt_seen = False  # ... since the caller last reset this (any of several seeks)
     seeked = False
+    needs_prime = False  # decode the first frame before any seek (see prime)
+    _geometry: tuple[int, int, int] | None = None
 
     def __init__(self, path: str, num_threads: int) -> None:
         self.av = _import_av()
@@ -414,8 +421,11 @@ class _AVSource:
             raise VideoError(self.path, f"not a video file (no video stream; {what})")
         self.stream = self.container.streams.video[0]
         self._fresh = True  # nothing read since opening
+        self._primed = False
         if self.num_threads > 1:
-            self.stream.thread_type = "AUTO"
+            # frame threads only: on 2 cores "AUTO" (frame + slice threads) decoded samples/cockatoo.mp4
+            # 15 % slower than frame threads alone (docs/benchmarks.md, keyframe extraction)
+            self.stream.thread_type = "FRAME"
         self.stream.codec_context.thread_count = self.num_threads
 
     @property
@@ -474,11 +484,18 @@ class _AVSource:
         return out, err
 
     def frames_from(self, pts: int | None) -> Iterator:
-        """Decoded frames starting at the keyframe at or before ``pts`` (None: from the file start)."""
+        """Decoded frames starting at the keyframe at or before ``pts`` (None: from the file start).
+
+        Every frame is decoded. (Skipping the frames nothing refers to, ``skip_frame = NONREF`` for
+        the packets not wanted, made a forward pass over samples/cockatoo.mp4 20 % slower with frame
+        threads, not faster: the decoder threads wait on each other when the setting changes.)
+        """
         av = self.av
         self._stop_gen()
         self.corrupt_after_seek = False
         self.seeked = pts is not None
+        if pts is not None and self.needs_prime and not self._primed:
+            self.prime()
         if pts is None:
             if not self._fresh:
                 self.reopen()
@@ -490,6 +507,21 @@ class _AVSource:
         self._fresh = False
         self._gen = self._decode_gen()
         return self._gen
+
+    def prime(self) -> None:
+        """Decode the file's first frame, so that the decoder knows what only the start of the
+        stream says before it seeks. On samples/cockatoo.mp4 that is the x264 build (in an SEI of the
+        first packet): FFmpeg's H.264 decoder applies its workarounds for old x264 bugs only once it
+        has seen it, and frames decoded after a seek on a decoder that has not are grey and smeared.
+        The decoder keeps it across seeks (they flush frames, not this); a reopen loses it."""
+        if not self._fresh:
+            self.reopen()
+        self._fresh = False
+        self.seeked = False
+        gen = self._decode_gen()
+        next(gen, None)
+        gen.close()
+        self._primed = True
 
     def _decode_gen(self) -> Iterator:
         av = self.av
@@ -503,7 +535,7 @@ class _AVSource:
                     continue
                 for fr in frames:
                     if self.seeked and getattr(fr, "is_corrupt", False):
-                        self.corrupt_after_seek = True
+                        self.corrupt_after_seek = self.corrupt_seen = True
                     yield fr
             return
         except (av.FFmpegError, EOFError) as e:
@@ -513,22 +545,27 @@ class _AVSource:
         except (av.FFmpegError, EOFError):
             pass
 
-    def scan(self, pts: int | None, first_only: bool = False, stop_after: int | None = None) -> list[int]:
+    def scan(self, pts: int | None, first_only: bool = False, stop_after: int | None = None,
+             corrupt_within: int = 0) -> list[int]:
         """Pts of the frames that decode from the keyframe at/before ``pts`` on (those >= pts).
 
         ``first_only``: stop at the first one. ``stop_after``: stop once a frame past this pts decodes.
+        ``corrupt_within``: stop as soon as one of the first this many frames out of the seek is
+        flagged corrupt (:attr:`corrupt_after_seek` tells; the keyframe is not a clean restart point).
         A scan that met decode errors is redone single-threaded (see :meth:`single_thread`).
         """
         self.last_error = None
-        got = self._scan(pts, first_only, stop_after)
-        if self.last_error is not None and self.threaded:
+        got = self._scan(pts, first_only, stop_after, corrupt_within)
+        if self.last_error is not None and self.threaded and not self.corrupt_after_seek:
             self.single_thread()
-            got = self._scan(pts, first_only, stop_after)
+            got = self._scan(pts, first_only, stop_after, corrupt_within)
         return got
 
-    def _scan(self, pts: int | None, first_only: bool, stop_after: int | None) -> list[int]:
+    def _scan(self, pts: int | None, first_only: bool, stop_after: int | None, corrupt_within: int) -> list[int]:
         got: list[int] = []
-        for fr in self.frames_from(pts):
+        for n, fr in enumerate(self.frames_from(pts)):
+            if n < corrupt_within and self.corrupt_after_seek:
+                break
             fp = fr.pts
             if fp is None:
                 continue
@@ -540,15 +577,46 @@ class _AVSource:
         self._stop_gen()
         return sorted(set(got))
 
-    def first_frame_geometry(self) -> tuple[int, int, int]:
-        """(coded width, coded height, display rotation turns), from the first decodable frame."""
+    def seek_is_clean(self, frames: int = 4) -> bool:
+        """Do the first ``frames`` frames after a seek to the middle of the file decode cleanly?
+
+        Some real files (samples/cockatoo.mp4) flag keyframes that do not restart decoding cleanly:
+        after a seek there the decoder marks its frames corrupt (grey, smeared). One seek and a few
+        frames tell, at any file length. A file whose only keyframe is the first is clean.
+
+        Ask it before anything is decoded: on cockatoo.mp4 the damage only shows on a decoder that
+        has not decoded the file's first frame (whose SEI names the x264 build; FFmpeg applies its
+        workarounds for old x264 bugs only once it has seen that), which is the state decord's
+        decoder and a freshly opened PyAV one are in after a seek.
+        """
         s = self.stream
-        w, h, k = s.codec_context.width, s.codec_context.height, 0
-        for fr in self.frames_from(None):
-            w, h, k = fr.width, fr.height, _rot_k(getattr(fr, "rotation", 0))
-            break
+        if s.duration:
+            mid = (s.start_time or 0) + int(s.duration) // 2
+        elif self.container.duration and self.tb > 0:
+            mid = (s.start_time or 0) + int(self.container.duration / 1e6 / 2 / self.tb)
+        else:
+            return True  # nothing to aim at; reads still check (see PyAVReader._decode_into)
+        self.corrupt_after_seek = False
+        for n, fr in enumerate(self.frames_from(mid)):
+            if self._geometry is None:  # saves reopening the file for first_frame_geometry
+                self._geometry = (fr.width, fr.height, _rot_k(getattr(fr, "rotation", 0)))
+            if self.corrupt_after_seek or n + 1 >= frames:
+                break
         self._stop_gen()
-        return w, h, k
+        return not self.corrupt_after_seek
+
+    def first_frame_geometry(self) -> tuple[int, int, int]:
+        """(coded width, coded height, display rotation turns), from the first decodable frame (or
+        the first that :meth:`seek_is_clean` decoded)."""
+        if self._geometry is None:
+            s = self.stream
+            w, h, k = s.codec_context.width, s.codec_context.height, 0
+            for fr in self.frames_from(None):
+                w, h, k = fr.width, fr.height, _rot_k(getattr(fr, "rotation", 0))
+                break
+            self._stop_gen()
+            self._geometry = (w, h, k)
+        return self._geometry
 
 
 def _av_msg(e: BaseException) -> str:
@@ -561,13 +629,35 @@ def _av_msg(e: BaseException) -> str:
 
 
 class PyAVReader(VideoReader):
-    """Seek-based sparse reading with PyAV; frames are matched to the table by their pts."""
+    """Sparse reading with PyAV; frames are matched to the table by their pts.
+
+    Three ways to read, chosen when the file is opened:
+
+    * seeking (the usual case): to the keyframe before each wanted frame, then decoding forward.
+      When frames after a seek come out corrupt (see :meth:`_AVSource.seek_is_clean`), the decoder
+      is primed with the file's first frame before it seeks (:meth:`_AVSource.prime`), which is all
+      samples/cockatoo.mp4 needs;
+    * forward, for files whose frames after a seek are corrupt even then: one pass from the start
+      per read, up to the last wanted frame;
+    * sequential by count, for streams without usable timestamps (GIF): one pass from the start.
+
+    For the files that needed a remedy (the first two cases) and demuxed without error, the frame
+    table is taken from the packets without decoding the file's last keyframe group (on
+    cockatoo.mp4 half the file); a listed frame that then does not decode is stood in for by an
+    earlier decoded frame (the last one a forward pass decoded), with one warning.
+    """
 
     backend = "pyav"
+    _forward = False  # even a primed decoder gives corrupt frames after a seek: read in forward passes
+    _trusted = False  # the table is the packets' (see the class doc)
+    _stand_in_warned = False
 
     def __init__(self, path: str, size_bytes: int, max_side: int | None = None,
-                 num_threads: int = DEFAULT_NUM_THREADS) -> None:
+                 num_threads: int = DEFAULT_NUM_THREADS, clean_seek: bool | None = None) -> None:
+        """``clean_seek``: what :meth:`_AVSource.seek_is_clean` already said of this file (None: not
+        asked yet; the reader checks its last keyframe itself)."""
         super().__init__(path, size_bytes)
+        self._clean_seek = clean_seek
         self._src = _AVSource(path, num_threads)
         try:
             self._setup(max_side)
@@ -584,10 +674,6 @@ class PyAVReader(VideoReader):
         dw, dh = (ch, cw) if self._rot % 2 else (cw, ch)
         self._width, self._height = dw, dh
         self.output_size = output_size_for(dw, dh, max_side)
-        ow, oh = self.output_size
-        # size to hand swscale, before rotation
-        self._scale_to = (oh, ow) if self._rot % 2 else (ow, oh)
-        self._interp = "AREA" if (ow, oh) != (dw, dh) else None
 
         pk, demux_err = src.packets()
         self._sequential = (
@@ -633,12 +719,33 @@ class PyAVReader(VideoReader):
         pts = [p for p, _, _ in pk]
         durs = {p: d for p, d, _ in pk}
         keys = [i for i, (_, _, k) in enumerate(pk) if k] or [0]
+        k_last = len(keys) - 1
+        lined_up, remedied = True, self._clean_seek is False
+        decoded: list[int] | None = None  # pts that decode from the last keyframe on
+        if k_last > 0:
+            # frames after a seek to the last keyframe: corrupt means not a clean restart point
+            if not remedied:  # the tail check below, cut short when its first frames are corrupt
+                decoded = src.scan(pts[keys[k_last]], corrupt_within=4)
+                remedied = src.corrupt_after_seek
+                lined_up = not decoded or decoded[0] in durs
+            if remedied:
+                # prime the decoder before seeks; should frames still come out corrupt, the first
+                # read finds out and reads in forward passes from then on (see _decode_into)
+                log.debug("%s: frames after a seek are corrupt on a fresh decoder; priming it", self.path)
+                src.needs_prime = True
+        if remedied and demux_err is None and lined_up:
+            # every packet demuxed: trust the table (reads check it as they go, see _decode_forward)
+            self._trusted = True
+            self._pts = pts
+            self._keys = keys
+            last = durs.get(pts[-1], 0) * src.tb
+            self._set_table(np.array(pts, dtype=np.float64) * src.tb, last if last > 0 else None, src.nominal_fps)
+            return
         # which frames from the last keyframe on really decode? (truncated files, over-reported
         # counts). If none, bisect over keyframes for the last group that does.
         good_from = None
-        decoded: list[int] = []
-        k_last = len(keys) - 1
-        decoded = src.scan(pts[keys[k_last]])
+        if decoded is None or remedied:
+            decoded = src.scan(pts[keys[k_last]])
         if decoded:
             good_from = k_last
         else:
@@ -677,14 +784,8 @@ class PyAVReader(VideoReader):
     # -- decoding -------------------------------------------------------------------------------
 
     def _to_rgb(self, fr) -> np.ndarray:
-        w, h = self._scale_to
-        if (fr.width, fr.height) == (w, h) and fr.format.name == "rgb24":
-            arr = fr.to_ndarray()
-        else:
-            arr = fr.reformat(width=w, height=h, format="rgb24", interpolation=self._interp).to_ndarray()
-        if self._rot:
-            arr = np.rot90(arr, self._rot)
-        return arr
+        return _frame_to_rgb(fr, self.output_size, (self._width, self._height) if not self._rot % 2
+                             else (self._height, self._width), self._rot)
 
     def _fail(self, i: int, why: str) -> VideoError:
         detail = f"frame {i} (t={self._times[i]:.3f}s) {why}"
@@ -696,14 +797,58 @@ class PyAVReader(VideoReader):
         if self._sequential:
             self._decode_sequential(indices, out)
             return
-        self._decode_seeking(indices, out)
-        if self._src.corrupt_after_seek:
+        if self._forward:
+            self._decode_forward(indices, out)
+            return
+        self._src.corrupt_seen = False
+        try:
+            self._decode_seeking(indices, out)
+        except VideoError:
+            if not self._trusted:
+                raise
+            # a frame of the packets' table does not decode: the forward pass stands in for it
+            self._decode_forward(indices, out)
+            return
+        if self._src.corrupt_seen:
             # The decoder flagged frames as corrupt after a seek: the file's keyframes are not clean
-            # restart points (non-IDR I-frames referenced across). Seeking gives wrong frames here, so
-            # this reader decodes from the start from now on.
-            log.debug("%s: frames decoded after a seek are corrupt; reading it sequentially", self.path)
-            self._sequential = True
-            self._decode_sequential(indices, out)
+            # restart points. Seeking gives wrong frames here, so this reader decodes forward from
+            # the start from now on.
+            log.debug("%s: frames decoded after a seek are corrupt; reading it from the start", self.path)
+            self._forward = True
+            self._decode_forward(indices, out)
+
+    def _decode_forward(self, indices: list[int], out: np.ndarray) -> None:
+        """One pass from the start to the last wanted frame; only the wanted ones are converted."""
+        src = self._src
+        src.last_error = None
+        targets = [self._pts[i] for i in indices]
+        slot, prev, missing = 0, None, []
+        for fr in src.frames_from(None):
+            fp = fr.pts
+            if fp is None:
+                continue
+            while slot < len(targets) and fp > targets[slot]:  # that one never came out of the decoder
+                missing.append(indices[slot])
+                out[slot] = self._to_rgb(prev if prev is not None else fr)
+                slot += 1
+            if slot < len(targets) and fp == targets[slot]:
+                out[slot] = self._to_rgb(fr)
+                slot += 1
+            if slot == len(targets):
+                break
+            prev = fr
+        src._stop_gen()
+        if slot < len(targets):
+            if prev is None:
+                raise self._fail(indices[slot], "cannot be decoded (no frame decodes)")
+            missing += indices[slot:]
+            rgb = self._to_rgb(prev)
+            out[slot:] = rgb
+        if missing and not self._stand_in_warned:
+            self._stand_in_warned = True
+            said = f" (decoder said: {src.last_error})" if src.last_error else ""
+            log.warning("%s: %d listed frame(s) do not decode, the first at t=%.3fs; an earlier decoded "
+                        "frame stands in for them%s", self.path, len(missing), self._times[missing[0]], said)
 
     def _decode_seeking(self, indices: list[int], out: np.ndarray) -> None:
         src = self._src
@@ -764,6 +909,21 @@ class PyAVReader(VideoReader):
         self._src.close()
 
 
+def _frame_to_rgb(fr, output_size: tuple[int, int], coded: tuple[int, int], rot: int) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB at ``output_size`` (display orientation), scaled with
+    area averaging when it shrinks; ``coded`` is the stream's (width, height) before rotation."""
+    ow, oh = output_size
+    w, h = (oh, ow) if rot % 2 else (ow, oh)  # size to hand swscale, before rotation
+    if (fr.width, fr.height) == (w, h) and fr.format.name == "rgb24":
+        arr = fr.to_ndarray()
+    else:
+        interp = "AREA" if (w, h) != tuple(coded) else None
+        arr = fr.reformat(width=w, height=h, format="rgb24", interpolation=interp).to_ndarray()
+    if rot:
+        arr = np.rot90(arr, rot)
+    return arr
+
+
 def _advance(it: Iterator, pending, p: int):
     """Pull frames until pts ``p``: (frame, pending, "ok" | "late" | "eof", frames seen before p)."""
     seen = 0
@@ -806,11 +966,15 @@ class DecordReader(VideoReader):
     backend = "decord"
 
     def __init__(self, path: str, size_bytes: int, max_side: int | None = None,
-                 num_threads: int = DEFAULT_NUM_THREADS, strict: bool = False) -> None:
-        """``strict``: raise :class:`_Unusable` when decord's table is unreliable (auto mode)."""
+                 num_threads: int = DEFAULT_NUM_THREADS, strict: bool = False,
+                 src: _AVSource | None = None) -> None:
+        """``strict``: raise :class:`_Unusable` when decord's table is unreliable (auto mode).
+        ``src``: the file already open with PyAV (auto mode); the reader closes it when set up."""
         super().__init__(path, size_bytes)
         self._decord = _import_decord()
         if self._decord is None:
+            if src is not None:
+                src.close()
             raise _Unusable("decord is not installed")
         self._vr = None
         self._keys: list[int] = []  # decord's keyframe indices
@@ -818,8 +982,7 @@ class DecordReader(VideoReader):
         self._strict = strict
         self._max_side = max_side
         self._helper: PyAVReader | None = None  # auto mode: PyAV re-reads what decord fails on
-        src = None
-        if _import_av() is not None:
+        if src is None and _import_av() is not None:
             src = _AVSource(path, self._num_threads)  # raises VideoError for non-video files
         try:
             self._setup(max_side, src)
@@ -878,9 +1041,9 @@ class DecordReader(VideoReader):
         last = float(ts[-1, 1] - ts[-1, 0])
         self._set_table(ts[:, 0], last if last > 0 else None, float(vr.get_avg_fps() or 0) or None)
         if self._strict and src is not None:
-            self._verify_seek()
+            self._verify_seek(src, ts, (cw, ch, rot))
 
-    def _verify_seek(self) -> None:
+    def _verify_seek(self, src: _AVSource, ts: np.ndarray, geometry: tuple[int, int, int]) -> None:
         """Check one frame that decord reaches by seeking against PyAV's decode of it.
 
         decord returns wrong (grey, smeared) frames after a seek on some real H.264 files that PyAV
@@ -899,18 +1062,20 @@ class DecordReader(VideoReader):
         got = self._vr.get_batch([j])
         got = got.asnumpy() if hasattr(got, "asnumpy") else np.asarray(got)
         self._vr.seek(0)
-        try:
-            ref = self._read_with_pyav([j])
-        except VideoError:
+        ref = None
+        if src.tb > 0:  # the same frame by its time, from PyAV's decoder (which has seen the first frame)
+            target = (src.start_pts or 0) + int(round(float(ts[j, 0]) / src.tb))
+            for fr in src.frames_from(target):
+                if fr.pts is not None and fr.pts >= target - max(1, int(_TS_TOL / src.tb)):
+                    cw, ch, rot = geometry
+                    ref = _frame_to_rgb(fr, self.output_size, (cw, ch), rot)
+                    break
+            src._stop_gen()
+        if ref is None:
             return  # PyAV cannot check it; keep decord's answer
-        diff = float(np.abs(got[0].astype(np.int16) - ref[0].astype(np.int16)).mean())
+        diff = float(np.abs(got[0].astype(np.int16) - ref.astype(np.int16)).mean())
         if diff > SEEK_CHECK_MAX_DIFF and self._strict:
-            err = _Unusable(f"decord's frame {j} after a seek differs from PyAV's (mean abs diff {diff:.1f})")
-            err.fallback, self._helper = self._helper, None  # already open (and knows how to read this file)
-            raise err
-        if self._helper is not None:  # not needed unless a read fails (then reopened): ~30 MB less held
-            self._helper.close()
-            self._helper = None
+            raise _Unusable(f"decord's frame {j} after a seek differs from PyAV's (mean abs diff {diff:.1f})")
 
     def _unreliable(self, why: str) -> None:
         if self._strict:
@@ -1038,15 +1203,21 @@ def _decord_msg(e: BaseException) -> str:
 
 
 def open_video(path: str | os.PathLike, backend: str = "auto", max_side: int | None = None,
-               num_threads: int = DEFAULT_NUM_THREADS) -> VideoReader:
+               num_threads: int = DEFAULT_NUM_THREADS, access: str = "dense") -> VideoReader:
     """Open ``path`` for frame reading.
 
     ``backend``: "auto" (decord, falling back to PyAV; see the module doc), "decord" or "pyav".
     ``max_side``: frames are resized while decoding so their longer side is <= ``max_side`` (aspect
     kept, both sides even); None keeps the native size. ``num_threads``: decoder threads.
+    ``access``: how the caller will read, which "auto" picks the reader by. "dense": runs of
+    consecutive frames (training clips), where decord is faster. "sparse": a few frames far apart
+    (keyframe candidates, keyframe images, grids), where PyAV is: it decodes no more than needed, opens
+    with fewer checks and its memory does not grow with the file (docs/benchmarks.md).
     """
     if backend not in ("auto", *BACKENDS):
         raise ValueError(f"unknown video backend {backend!r}; expected 'auto', 'decord' or 'pyav'")
+    if access not in ACCESS:
+        raise ValueError(f"unknown access {access!r}; expected one of {', '.join(ACCESS)}")
     if max_side is not None and (not isinstance(max_side, (int, np.integer)) or max_side < 2):
         raise ValueError(f"max_side must be an integer >= 2 or None, got {max_side!r}")
     spath, size = _check_file(path)
@@ -1064,19 +1235,30 @@ def open_video(path: str | os.PathLike, backend: str = "auto", max_side: int | N
 
     # auto
     av = _import_av()
+    if av is not None and access == "sparse":
+        return PyAVReader(spath, size, max_side, num_threads)
+    src = None
     if av is not None:
-        src = _AVSource(spath, 1)  # non-video files fail here with a clear VideoError
-        codec, fmt = src.codec, src.format_name
-        src.close()
-        if codec in PYAV_CODECS or fmt == "gif" or size > DECORD_MAX_BYTES:
-            return PyAVReader(spath, size, max_side, num_threads)
+        src = _AVSource(spath, num_threads)  # non-video files fail here with a clear VideoError
+        try:
+            if src.codec in PYAV_CODECS or src.format_name == "gif" or size > DECORD_MAX_BYTES:
+                src.close()
+                return PyAVReader(spath, size, max_side, num_threads)
+            # first, on a decoder that has decoded nothing yet (as decord's is after it seeks): once
+            # it has decoded the file's first frame, the damage may not show (see seek_is_clean)
+            if not src.seek_is_clean():
+                # decord would return corrupt frames after its seeks; PyAV reads it in forward passes
+                log.debug("%s: keyframes are not clean restart points; reading with PyAV", spath)
+                src.close()
+                return PyAVReader(spath, size, max_side, num_threads, clean_seek=False)
+
+        except BaseException:
+            src.close()
+            raise
     if _import_decord() is not None:
         try:
-            return DecordReader(spath, size, max_side, num_threads, strict=av is not None)
+            return DecordReader(spath, size, max_side, num_threads, strict=av is not None, src=src)
         except _Unusable as e:
-            fallback = getattr(e, "fallback", None)
-            if fallback is not None:
-                return fallback
             if av is None:
                 raise VideoError(spath, f"cannot decode with decord and PyAV is not installed: {e}") from None
     elif av is None:
@@ -1133,9 +1315,10 @@ class ClipView(VideoReader):
 
 
 def open_clip(path: str | os.PathLike, start: float | None = None, end: float | None = None,
-              backend: str = "auto", max_side: int | None = None) -> VideoReader:
-    """Open a video, or the ``[start, end)`` range of it when either bound is given."""
-    reader = open_video(path, backend=backend, max_side=max_side)
+              backend: str = "auto", max_side: int | None = None, access: str = "dense") -> VideoReader:
+    """Open a video, or the ``[start, end)`` range of it when either bound is given (``access``:
+    see :func:`open_video`)."""
+    reader = open_video(path, backend=backend, max_side=max_side, access=access)
     if start is None and end is None:
         return reader
     try:

@@ -74,6 +74,85 @@ def test_auto_mode_avoids_decords_wrong_frames_after_seeking(samples_dir):
     assert max(mad(a, b) for a, b in zip(got, expected)) < 3
 
 
+def test_keyframes_that_need_the_first_frame_are_read_with_a_primed_decoder(samples_dir, media):
+    """After a seek on a decoder that has not decoded the file's first frame, cockatoo.mp4's later
+    keyframes come out corrupt (the first packet's SEI names the x264 build, whose bugs FFmpeg works
+    around only once it knows it). One seek on a fresh decoder tells (auto mode then goes straight
+    to PyAV); the PyAV reader primes its decoder with the first frame before it seeks, and every
+    frame equals a plain full decode: sparse, dense, in the last keyframe group."""
+    from captioner.video import _AVSource
+
+    for path, clean in ((samples_dir / "cockatoo.mp4", False), (media["multiscene"], True)):
+        src = _AVSource(str(path), 2)
+        try:
+            assert src.seek_is_clean() is clean, path
+        finally:
+            src.close()
+    path = samples_dir / "cockatoo.mp4"
+    ref, times = reference_frames(path)
+    wanted = [0, 40, 80, 97, 98, 99, 151, 200, 240, 278, 279]
+    for backend in ("auto", "pyav"):
+        with open_video(path, backend=backend) as r:
+            assert r.backend == "pyav" and r._src.needs_prime and not r._forward
+            assert r.num_frames == len(ref) == 280
+            got = r.read_indices(wanted)
+            assert r.frame_times(wanted) == pytest.approx([times[i] for i in wanted], abs=1e-6)
+            assert max(mad(a, ref[i]) for a, i in zip(got, wanted)) == 0.0
+            dense = r.read_indices(list(range(230, 250)))  # from the keyframe at 7.25 s (frame 145)
+            assert max(mad(a, ref[i]) for a, i in zip(dense, range(230, 250))) == 0.0
+            assert not r._forward  # priming was enough: it kept seeking
+
+
+def test_keyframes_corrupt_even_for_a_primed_decoder_are_read_in_forward_passes(samples_dir, monkeypatch):
+    """Should priming not help (simulated: priming does nothing, and the first read stays out of the
+    first keyframe group, whose decoding would prime the decoder by itself), the read sees corrupt
+    frames after its seeks, reads again in one pass from the start, and so does every later read:
+    the frames are exact."""
+    from captioner.video import _AVSource
+
+    monkeypatch.setattr(_AVSource, "prime", lambda self: setattr(self, "_primed", True))
+    path = samples_dir / "cockatoo.mp4"
+    ref, _ = reference_frames(path)
+    wanted = [97, 98, 99, 100, 151, 200, 278, 279]
+    with open_video(path) as r:
+        assert r.backend == "pyav" and r.num_frames == 280 and not r._forward
+        got = r.read_indices(wanted)
+        assert r._forward
+        assert max(mad(a, ref[i]) for a, i in zip(got, wanted)) == 0.0
+        again = r.read_indices([0, 5, 279])  # a second read: a second pass, same frames
+        assert max(mad(a, ref[i]) for a, i in zip(again, [0, 5, 279])) == 0.0
+
+
+def test_unclean_file_with_a_broken_tail_reads_with_stand_ins(samples_dir, tmp_path, caplog):
+    """A primed file's table comes from its packets (checking the tail would cost half a full
+    decode). When listed frames turn out not to decode (here: the file's last three packets
+    overwritten), an earlier decoded frame stands in, with one warning naming the file."""
+    path = tmp_path / "broken_tail.mp4"
+    path.write_bytes((samples_dir / "cockatoo.mp4").read_bytes())
+    with av.open(str(path)) as c:
+        packets = sorted(((p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size), reverse=True)[:3]
+    with path.open("r+b") as f:
+        for pos, size in packets:
+            f.seek(pos)
+            f.write(b"\xff" * size)
+    ref, ref_times = reference_frames(path)  # what does decode
+    by_time = {round(t, 3): f for t, f in zip(ref_times, ref)}
+    with caplog.at_level("WARNING", logger="captioner.video"), open_video(path) as r:
+        assert r.num_frames == 280
+        times = [round(t, 3) for t in r.frame_times(range(280))]
+        broken = [i for i, t in enumerate(times) if t not in by_time]
+        assert broken and broken[-1] == 279
+        wanted = [100, 250, *broken]
+        got = r.read_indices(wanted)
+        assert r.read_indices([279]).shape == (1, 720, 1280, 3)  # again: one warning per reader
+    assert mad(got[0], ref[100]) == 0.0 and mad(got[1], ref[250]) == 0.0
+    for frame, i in zip(got[2:], broken):  # an earlier decodable frame, a few frames back at most
+        earlier = [t for t in by_time if times[i] - 0.3 < t < times[i]]
+        assert earlier and min(mad(frame, by_time[t]) for t in earlier) == 0.0
+    warned = [rec.getMessage() for rec in caplog.records if "stands in" in rec.getMessage()]
+    assert len(warned) == 1 and str(path) in warned[0] and f"{len(broken)} listed frame(s)" in warned[0]
+
+
 def test_realshort_metadata(samples_dir):
     for backend in ("auto", "pyav"):
         info = probe_video(samples_dir / "realshort.mp4", backend=backend)
@@ -210,6 +289,21 @@ def test_auto_sends_big_files_to_pyav(media, monkeypatch):
         assert mad(r.read_indices([50])[0], ref[50]) < 1.0
     with open_video(media["multiscene"], backend="decord") as r:  # forcing decord still works
         assert r.backend == "decord"
+
+
+def test_auto_picks_the_reader_by_access(media):
+    """Sparse reads (keyframe candidates, keyframe images) go to PyAV, dense ones (training clips)
+    to decord; both give the same frames."""
+    ref, _ = reference_frames(media["multiscene"])
+    with open_video(media["multiscene"], access="sparse") as s, open_video(media["multiscene"]) as d:
+        assert (s.backend, d.backend) == ("pyav", "decord")
+        assert s.num_frames == d.num_frames == len(ref)
+        for a, b, i in zip(s.read_indices([0, 55, 119]), d.read_indices([0, 55, 119]), [0, 55, 119]):
+            assert mad(a, ref[i]) < 1.0 and mad(b, ref[i]) < 1.0
+    with open_video(media["multiscene"], backend="decord", access="sparse") as forced:
+        assert forced.backend == "decord"  # a forced backend wins
+    with pytest.raises(ValueError, match="access"):
+        open_video(media["multiscene"], access="random")
 
 
 def test_gif_falls_back_to_pyav(samples_dir):

@@ -239,7 +239,7 @@ first frame (FFmpeg applies its workarounds for old x264 bugs only once it has r
 in the first packet), which is how decord reads it. The reader sees this with one seek when it
 opens the file, primes its decoder with the first frame, and then seeks as usual; its frame table
 comes from the packets (checking the last keyframe group would cost half a full decode here), and
-it decodes 228 frames of 280 (7 when it opens the file, 221 for the candidates), with frame threads (2 decoder threads; frame + slice threads were
+it decodes 224 frames of 280 (2 when it opens the file, 1 to prime the decoder, 221 for the candidates), with frame threads (2 decoder threads; frame + slice threads were
 15 % slower). Before this, the file was decoded twice (a tail check, then a sequential read) and
 took 2.7x `ffmpeg -f null`. On a clip as short as `realshort.mp4` (36 frames) fixed costs dominate:
 one open, one demux, two seeks. PySceneDetect decodes and compares every frame, which is why it is

@@ -14,8 +14,12 @@ from pathlib import Path
 import click
 
 from captioner.errors import CaptionerError
+from densecap.assets import configs_dir
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+try:  # the presets: the checkout's configs/, or the copy inside an installed wheel
+    CONFIGS_DIR = configs_dir()
+except FileNotFoundError:  # a broken install: files given by path still work, presets say they are missing
+    CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def resolve_config(command: str, value: str | None) -> Path | None:

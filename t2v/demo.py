@@ -34,15 +34,11 @@ from typing import Any
 from captioner.errors import CaptionerError
 from captioner.paths import check_output_dir
 from captioner.record import write_json_atomic
+from densecap.assets import configs_dir, samples_dir
 
 __all__ = ["DEFAULT_PROMPT", "EXPANDERS", "DemoResult", "expand_step", "run_demo", "samples_dir"]
 
 DEFAULT_PROMPT = "A white cockatoo raises its crest and looks into the camera, close-up."
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def samples_dir() -> Path:
-    return REPO_ROOT / "samples"
 
 
 @dataclass
@@ -80,9 +76,12 @@ def _quiet() -> Iterator[None]:
 
 
 def _config(command: str, preset: str) -> Path:
-    path = REPO_ROOT / "configs" / command / f"{preset}.yaml"
+    try:
+        path = configs_dir() / command / f"{preset}.yaml"
+    except FileNotFoundError as e:
+        raise CaptionerError(f"demo: {e}") from None
     if not path.is_file():
-        raise CaptionerError(f"demo: {path} is missing; run the demo from a clone of the repository")
+        raise CaptionerError(f"demo: {path} is missing; reinstall densecap-t2v (pip install .)")
     return path
 
 

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from captioner.configbase import StrictModel, flatten_dict
 from captioner.errors import CaptionerError
@@ -101,11 +101,18 @@ class CacheError(CaptionerError):
 class ModelRef(StrictModel):
     """The model whose VAE and text encoder make the cache."""
 
-    family: Literal["wan", "cogvideox", "ltx"] = "wan"
+    family: str = Field("wan", description="a registered model family (t2v.families)")
     id: str | None = Field(None, description="hub id, local folder or tiny://NAME; default: the family's default")
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="text encoder (and VAE) dtype")
     vae_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(None, description="VAE dtype; default: dtype")
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v):
+        from t2v.families import check_family
+
+        return v if v is None else check_family(v)
 
     def resolved_id(self) -> str:
         from t2v.families import get_family

@@ -21,6 +21,18 @@ def cli() -> None:
     """
 
 
+
+def _family_option(value: str | None) -> str | None:
+    """``--family``: a family of the registry (t2v.families), checked when the option is read."""
+    if value is None:
+        return None
+    from t2v.families import check_family
+
+    try:
+        return check_family(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
 @cli.command()
 def env() -> None:
     """Report library versions and accelerators available for training and generation."""
@@ -173,7 +185,8 @@ def _expansion_line(e) -> str:
               help="Override a config value, e.g. --set candidates=3 (repeatable; values are YAML).")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path),
               help="A file of prompts: one per line (# comments), or .jsonl with a 'prompt' key.")
-@click.option("--family", type=click.Choice(["wan", "cogvideox", "ltx"]), help="Target video model family.")
+@click.option("--family", callback=lambda ctx, param, v: _family_option(v), metavar="FAMILY",
+              help="Target video model family (wan, cogvideox, ltx, or another registered one).")
 @click.option("--model", "model_id", metavar="ID|PATH", help="Target pipeline (its tokenizer counts the budget).")
 @click.option("--pairs", "pairs", type=click.Path(path_type=Path),
               help="Examples: a pairs .jsonl from `captioner pairs` (overrides examples.pairs).")

@@ -42,7 +42,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +57,6 @@ from captioner.record import file_sha256, write_json_atomic
 from t2v.videoio import write_mp4
 
 __all__ = [
-    "FAMILY_CALL_KWARGS",
     "FAMILY_DEFAULTS",
     "GenerateConfig",
     "GenerateError",
@@ -85,34 +84,30 @@ LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SA
 ADAPTER_NAME = "t2v_lora"
 SIDECAR_VERSION = 1
 
-#: The settings each family's authors recommend, used for every generation setting a config leaves
-#: out (``null``). Sources, all in the installed diffusers: ``WanPipeline.__call__``'s defaults (480x832,
-#: 81 frames, 50 steps, guidance 5.0) and its docstring example (``export_to_video(..., fps=16)``);
-#: ``CogVideoXPipeline.__call__`` (50 steps, guidance 6; size and frames from the transformer config:
-#: sample_height 60 x 8 = 480, sample_width 90 x 8 = 720, sample_frames 49) and its example (fps=8);
-#: ``LTXPipeline``'s docstring example (width 704, height 480, 161 frames, 50 steps, fps=24) and
-#: ``__call__`` (guidance 3).
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "wan": {"num_frames": 81, "height": 480, "width": 832, "num_inference_steps": 50, "guidance_scale": 5.0,
-            "fps": 16.0},
-    "cogvideox": {"num_frames": 49, "height": 480, "width": 720, "num_inference_steps": 50, "guidance_scale": 6.0,
-                  "fps": 8.0},
-    "ltx": {"num_frames": 161, "height": 480, "width": 704, "num_inference_steps": 50, "guidance_scale": 3.0,
-            "fps": 24.0},
-}
+class _FamilyDefaults(Mapping):
+    """Family name -> the settings its authors recommend: a read-only view of the registry (each
+    spec's ``generation_defaults``; see the family modules for the sources)."""
+
+    def __getitem__(self, family: str) -> dict[str, Any]:
+        from t2v.families import get_family
+
+        try:
+            return dict(get_family(family).generation_defaults)
+        except ValueError:
+            raise KeyError(family) from None
+
+    def __iter__(self):
+        from t2v.families import family_names
+
+        return iter(family_names())
+
+    def __len__(self) -> int:
+        from t2v.families import family_names
+
+        return len(family_names())
 
 
-def _ltx_call_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
-    # LTXPipeline scales its rotary positions by temporal_compression / frame_rate: the model is told the
-    # frame rate the video is written at (as the trainer's validation does).
-    return {"frame_rate": settings["fps"]}
-
-
-#: Extra pipeline-call arguments of a family, from the resolved settings (family name -> function).
-#: Only LTX has one: ``frame_rate`` (its positions depend on it); Wan and CogVideoX take none.
-FAMILY_CALL_KWARGS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "ltx": _ltx_call_kwargs,
-}
+FAMILY_DEFAULTS: Mapping[str, dict[str, Any]] = _FamilyDefaults()
 
 # settings compared when deciding whether an existing video can be kept (see the module doc)
 _CONTENT_SETTINGS = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "negative_prompt",
@@ -132,8 +127,8 @@ class GenerateModelConfig(StrictModel):
     """The model to generate with: a base pipeline, optionally a LoRA or a fine-tuned transformer, or a
     trainer output folder (``run``) that names both."""
 
-    family: Literal["wan", "cogvideox", "ltx"] | None = Field(
-        None, description="model family; with run: taken from the run's base_model.json")
+    family: str | None = Field(
+        None, description="a registered model family (t2v.families); with run: taken from the run's base_model.json")
     id: str | None = Field(
         None, description="hub id, local folder or tiny://NAME; default: the family's default (or the run's)")
     revision: str | None = None
@@ -142,10 +137,19 @@ class GenerateModelConfig(StrictModel):
     lora_scale: float = Field(1.0, description="weight of the LoRA (set_adapters)")
     transformer: str | None = Field(None, description="a fine-tuned transformer folder (t2v train, full mode)")
 
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v):
+        from t2v.families import check_family
+
+        return v if v is None else check_family(v)
+
     @model_validator(mode="after")
     def _check_source(self) -> GenerateModelConfig:
         if self.run is None and self.family is None:
-            raise ValueError("give model.family (wan, cogvideox, ltx) or model.run (a `t2v train` output folder)")
+            from t2v.families import family_names
+
+            raise ValueError(f"give model.family ({', '.join(family_names())}) or model.run (a `t2v train` output folder)")
         if self.run is not None and (self.lora is not None or self.transformer is not None):
             raise ValueError("model.run brings its own lora/ or transformer/: leave model.lora and "
                              "model.transformer unset")
@@ -160,7 +164,7 @@ def _attention_backends() -> list[str]:
 
 class GenerateConfig(StrictModel):
     """``t2v generate``'s settings. Generation settings left ``null`` take the family's recommended
-    value (:data:`FAMILY_DEFAULTS`)."""
+    value (the family spec's ``generation_defaults``)."""
 
     model: GenerateModelConfig
     seed: int = Field(0, ge=0, description="the generator seed of every prompt")
@@ -251,7 +255,10 @@ def resolve_device(device: str) -> str:
 
 def resolved_settings(cfg: GenerateConfig, family: str) -> dict[str, Any]:
     """Every generation setting with the family's defaults filled in (plain JSON data)."""
-    defaults = FAMILY_DEFAULTS[family]
+    from t2v.families import get_family
+
+    spec = get_family(family)
+    defaults = spec.generation_defaults
     s: dict[str, Any] = {}
     for key in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "fps"):
         value = getattr(cfg, key)
@@ -261,7 +268,7 @@ def resolved_settings(cfg: GenerateConfig, family: str) -> dict[str, Any]:
     s["negative_prompt"] = cfg.negative_prompt
     s["dtype"] = cfg.dtype
     s["vae_dtype"] = cfg.vae_dtype or cfg.dtype
-    s["extra_call_kwargs"] = FAMILY_CALL_KWARGS[family](s) if family in FAMILY_CALL_KWARGS else {}
+    s["extra_call_kwargs"] = spec.pipeline_call_kwargs(s)
     s["expand"] = cfg.expand
     s["device"] = cfg.device
     s["cpu_offload"] = cfg.cpu_offload
@@ -387,7 +394,7 @@ def _lora_file(path: Path) -> Path:
 
 def _check_transformer_folder(path: Path, spec) -> Path:
     """A ``save_pretrained`` folder of the family's transformer class."""
-    expected = spec._classes()["transformer"].__name__
+    expected = spec.classes()["transformer"].__name__
     config = path / "config.json"
     if not path.is_dir():
         raise GenerateError(f"model.transformer: {path} is not a folder")
@@ -509,15 +516,12 @@ def load_pipeline(cfg: GenerateConfig, resolved: ResolvedModel | None = None, *,
         kw["transformer"] = _load_transformer(spec, resolved.transformer, dtype)
     try:
         if vae_dtype != dtype:
-            vae_cls = spec._classes()["vae"]
+            vae_cls = spec.classes()["vae"]
             kw["vae"] = vae_cls.from_pretrained(resolved.path, subfolder="vae", torch_dtype=vae_dtype, **rev)
         pipe = cls.from_pretrained(resolved.path, **kw)
     except (OSError, ValueError) as e:
         raise GenerateError(f"model.id {resolved.id}: cannot load the {spec.pipeline_class_name} ({e})") from None
-    if spec.name == "cogvideox" and vae_dtype != dtype:
-        from t2v.families.cogvideox import _cast_decoder_inputs
-
-        _cast_decoder_inputs(pipe.vae)  # CogVideoXPipeline hands the VAE latents in the transformer's dtype
+    spec.after_pipeline_load(pipe, dtype, vae_dtype)
     if resolved.lora is not None:
         _load_lora(pipe, resolved)
     if cfg.cpu_offload == "model":
@@ -544,7 +548,7 @@ def _pipeline_dtype_arg() -> str:
 
 
 def _load_transformer(spec, folder: Path, dtype):
-    cls = spec._classes()["transformer"]
+    cls = spec.classes()["transformer"]
     try:
         return cls.from_pretrained(str(folder), torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as e:
@@ -595,7 +599,7 @@ def _set_attention_backend(transformer, name: str) -> None:
 def pipeline_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     """The pipeline-call arguments for resolved ``settings`` (see :func:`resolved_settings`), other than
     the prompt and the generator: shape, steps, guidance, negative prompt, ``output_type="np"`` and the
-    family's extra arguments (:data:`FAMILY_CALL_KWARGS`)."""
+    family's extra arguments (its spec's ``pipeline_call_kwargs``)."""
     return {
         "negative_prompt": settings["negative_prompt"],
         "num_frames": settings["num_frames"],

@@ -121,7 +121,7 @@ def save_lora(
         from safetensors.torch import save_file
 
         scale = float(meta["lora_alpha"]) / float(meta["r"])
-        save_file(to_comfy(sd, spec.name, scale), str(out / COMFY_FILE), metadata={"format": "pt"})
+        save_file(to_comfy(sd, spec, scale), str(out / COMFY_FILE), metadata={"format": "pt"})
     from captioner.record import normal_mode
 
     normal_mode(*(out / name for name in (LORA_FILE, COMFY_FILE) if (out / name).is_file()))  # safetensors: 0600
@@ -131,46 +131,17 @@ def save_lora(
 # --------------------------------------------------------------------------------------------------
 # ComfyUI layout
 
-_WAN_ATTN = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o", "add_k_proj": "k_img", "add_v_proj": "v_img"}
-_WAN_TOP = {
-    "proj_out": "head.head",
-    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
-    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
-    "condition_embedder.time_proj": "time_projection.1",
-    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
-    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
-}
-_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
-def _wan_module(name: str) -> str:
-    m = _BLOCK.match(name)
-    if m:
-        i, rest = m.groups()
-        for attn, orig in (("attn1.", "self_attn."), ("attn2.", "cross_attn.")):
-            if rest.startswith(attn) and rest[len(attn):] in _WAN_ATTN:
-                return f"blocks.{i}.{orig}{_WAN_ATTN[rest[len(attn):]]}"
-        ffn = {"ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2"}
-        if rest in ffn:
-            return f"blocks.{i}.{ffn[rest]}"
-    elif name in _WAN_TOP:
-        return _WAN_TOP[name]
-    raise ValueError(f"wan: no ComfyUI name known for the LoRA on {name!r}; train without lora.comfy or "
-                     "target the attention/ffn layers")
-
-
-def to_comfy(sd: dict[str, torch.Tensor], family: str, scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """peft-named LoRA weights -> ComfyUI keys (``diffusion_model.<original name>.lora_A/B.weight``), the
-    alpha/rank ``scale`` folded into ``lora_B``."""
-    if family not in ("wan", "ltx"):
-        raise ValueError(f"{family}: no ComfyUI LoRA layout (ComfyUI has no native loader for this family)")
+def to_comfy(sd: dict[str, torch.Tensor], spec, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """peft-named LoRA weights -> ComfyUI keys (``diffusion_model.<original name>.lora_A/B.weight``, the
+    name from the family's :meth:`~t2v.families.base.ModelSpec.comfy_module_name`), the alpha/rank
+    ``scale`` folded into ``lora_B``."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         m = re.match(r"^(.+)\.(lora_[AB])\.(weight|bias)$", key)
         if m is None:
             raise ValueError(f"unexpected LoRA key {key!r}")
         module, part, kind = m.groups()
-        name = _wan_module(module) if family == "wan" else module
+        name = spec.comfy_module_name(module)
         t = value.float() * scale if part == "lora_B" else value.float()
         out[f"diffusion_model.{name}.{part}.{kind}"] = t.to(value.dtype).contiguous()
     return out

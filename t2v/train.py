@@ -626,8 +626,7 @@ def _generate_validation(run: _Run, step: int) -> list[Path]:
         kw: dict[str, Any] = {"num_frames": v.num_frames, "height": v.height, "width": v.width,
                               "num_inference_steps": v.num_inference_steps, "guidance_scale": v.guidance_scale,
                               "output_type": "np"}
-        if spec.name == "ltx":
-            kw["frame_rate"] = v.fps
+        kw.update(spec.pipeline_call_kwargs({**kw, "fps": v.fps}))
         for i, (short, prompt) in enumerate(zip(v.prompts, run.validation_texts or v.prompts)):
             gen = torch.Generator(device=device).manual_seed(v.seed)
             with torch.no_grad(), acc.autocast():
@@ -914,8 +913,7 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: str | None, 
     # data ------------------------------------------------------------------------------------
     source = _CacheSource(cfg) if cfg.data.cache_dir is not None else _VideoSource(cfg)
     _check_shapes(spec, list(source.buckets()), cfg)  # the cache's buckets are known only now
-    if spec.name == "ltx" and source.frame_rate():
-        spec.frame_rate = float(source.frame_rate())
+    spec.use_data_frame_rate(source.frame_rate())
     sampler = BucketBatchSampler(source.dataset, tcfg.batch_size, seed=cfg.data.seed, shuffle=True,
                                  drop_last=cfg.data.drop_last, num_replicas=accelerator.num_processes,
                                  rank=accelerator.process_index)
@@ -960,7 +958,7 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: str | None, 
             if cfg.lora.comfy:  # fail now, not after training, when the layout cannot name every layer
                 from t2v.lora import lora_state_dict, to_comfy
 
-                to_comfy(lora_state_dict(transformer), spec.name)
+                to_comfy(lora_state_dict(transformer), spec)
         except ValueError as e:
             raise TrainingError(f"lora: {e}") from None
     else:

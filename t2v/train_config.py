@@ -36,11 +36,18 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 class ModelConfig(StrictModel):
     """The base model that is fine-tuned."""
 
-    family: Literal["wan", "cogvideox", "ltx"] = "wan"
+    family: str = Field("wan", description="a registered model family (t2v.families)")
     id: str | None = Field(None, description="hub id, local folder or tiny://NAME; default: the family's default")
     revision: str | None = None
     vae_dtype: Dtype = Field(
         "float32", description="dtype of the VAE when videos are encoded on the fly (and for validation)")
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v):
+        from t2v.families import check_family
+
+        return v if v is None else check_family(v)
 
     def resolved_id(self) -> str:
         from t2v.families import get_family

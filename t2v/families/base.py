@@ -101,6 +101,9 @@ class ModelSpec(ABC):
     lora_target_modules: ClassVar[list[str]]
     #: the pipeline class used for validation and generation
     pipeline_class_name: str
+    #: the generation settings the family's authors recommend (num_frames, height, width,
+    #: num_inference_steps, guidance_scale, fps), used for every setting a generation config leaves out
+    generation_defaults: ClassVar[dict[str, Any]]
 
     # ------------------------------------------------------------------------------------------
     # shapes
@@ -152,7 +155,7 @@ class ModelSpec(ABC):
         from t2v.tiny import resolve_t2v_model
 
         path = resolve_t2v_model(model_id)
-        classes = self._classes()
+        classes = self.classes()
         kw = {"revision": revision} if revision else {}
         c = Components(model_id=model_id)
         vae_cls = classes["vae"]
@@ -179,12 +182,32 @@ class ModelSpec(ABC):
         return c
 
     @abstractmethod
-    def _classes(self) -> dict[str, Any]:
+    def classes(self) -> dict[str, Any]:
         """``tokenizer``, ``text_encoder``, ``vae``, ``transformer``, ``scheduler`` (the default class) and
         ``schedulers`` (name -> class of every scheduler the family's pipeline accepts)."""
 
     def _finish_loading(self, c: Components, path: str, kw: dict) -> None:
         """Family-specific additions after loading (nothing by default)."""
+
+    def after_pipeline_load(self, pipe: Any, dtype: torch.dtype, vae_dtype: torch.dtype) -> None:
+        """Fix-ups a loaded pipeline needs before it runs (nothing by default)."""
+
+    # ------------------------------------------------------------------------------------------
+    # generation and data-dependent settings
+
+    def pipeline_call_kwargs(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Extra arguments of the family's pipeline call, from the resolved generation settings
+        (``fps`` included). None by default."""
+        return {}
+
+    def use_data_frame_rate(self, fps: float | None) -> None:
+        """Told the frame rate of the training data before training starts (``None``: unknown); a
+        family whose model depends on it keeps it. Nothing by default."""
+
+    def comfy_module_name(self, module: str) -> str:
+        """The ComfyUI name of a transformer module that carries a LoRA (``ValueError`` when the family
+        has no ComfyUI LoRA layout, the default)."""
+        raise ValueError(f"{self.name}: no ComfyUI LoRA layout (ComfyUI has no native loader for this family)")
 
     def build_pipeline(self, c: Components):
         """The family's diffusers pipeline (``pipeline_class_name``) made of these components (all must be loaded)."""

@@ -105,8 +105,16 @@ class CogVideoXSpec(ModelSpec):
     spatial_multiple = 16
     lora_target_modules: ClassVar[list[str]] = ["to_q", "to_k", "to_v", "to_out.0"]
     pipeline_class_name = "CogVideoXPipeline"
+    # CogVideoXPipeline.__call__ (50 steps, guidance 6; size and frames from the transformer config:
+    # sample_height 60 x 8 = 480, sample_width 90 x 8 = 720, sample_frames 49) and its example (fps=8)
+    generation_defaults: ClassVar[dict[str, Any]] = {
+        "num_frames": 49, "height": 480, "width": 720, "num_inference_steps": 50, "guidance_scale": 6.0, "fps": 8.0}
 
-    def _classes(self) -> dict[str, Any]:
+    def after_pipeline_load(self, pipe: Any, dtype: torch.dtype, vae_dtype: torch.dtype) -> None:
+        if vae_dtype != dtype:
+            _cast_decoder_inputs(pipe.vae)  # the pipeline hands the VAE latents in the transformer's dtype
+
+    def classes(self) -> dict[str, Any]:
         from diffusers import (
             AutoencoderKLCogVideoX,
             CogVideoXDDIMScheduler,

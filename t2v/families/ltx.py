@@ -63,11 +63,27 @@ class LTXSpec(ModelSpec):
     spatial_multiple = 32
     lora_target_modules: ClassVar[list[str]] = ["to_q", "to_k", "to_v", "to_out.0"]
     pipeline_class_name = "LTXPipeline"
+    # LTXPipeline's docstring example (width 704, height 480, 161 frames, 50 steps, fps=24) and
+    # __call__ (guidance 3), in the installed diffusers
+    generation_defaults: ClassVar[dict[str, Any]] = {
+        "num_frames": 161, "height": 480, "width": 704, "num_inference_steps": 50, "guidance_scale": 3.0, "fps": 24.0}
 
     def __init__(self, frame_rate: float = 25.0):
         self.frame_rate = float(frame_rate)
 
-    def _classes(self) -> dict[str, Any]:
+    def pipeline_call_kwargs(self, settings: dict[str, Any]) -> dict[str, Any]:
+        # LTXPipeline scales its rotary positions by temporal_compression / frame_rate: the model is
+        # told the frame rate the video is written at (as the trainer's validation does)
+        return {"frame_rate": settings["fps"]}
+
+    def use_data_frame_rate(self, fps: float | None) -> None:
+        if fps:
+            self.frame_rate = float(fps)  # the positions of the training videos, as at generation
+
+    def comfy_module_name(self, module: str) -> str:
+        return module  # ComfyUI's LTX transformer keeps the diffusers module names
+
+    def classes(self) -> dict[str, Any]:
         from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
         from transformers import T5EncoderModel, T5TokenizerFast
 

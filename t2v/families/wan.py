@@ -24,6 +24,7 @@ Not covered: Wan 2.2 (two transformers, and the TI2V-5B's 16x VAE).
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -36,6 +37,36 @@ from t2v.families.base import (
 )
 
 
+# ComfyUI names of the modules of the diffusers Wan transformer (the original Wan checkpoint names)
+_WAN_ATTN = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o", "add_k_proj": "k_img", "add_v_proj": "v_img"}
+_WAN_TOP = {
+    "proj_out": "head.head",
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+}
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def _comfy_name(name: str) -> str:
+    m = _BLOCK.match(name)
+    if m:
+        i, rest = m.groups()
+        for attn, orig in (("attn1.", "self_attn."), ("attn2.", "cross_attn.")):
+            if rest.startswith(attn) and rest[len(attn):] in _WAN_ATTN:
+                return f"blocks.{i}.{orig}{_WAN_ATTN[rest[len(attn):]]}"
+        ffn = {"ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2"}
+        if rest in ffn:
+            return f"blocks.{i}.{ffn[rest]}"
+    elif name in _WAN_TOP:
+        return _WAN_TOP[name]
+    raise ValueError(f"wan: no ComfyUI name known for the LoRA on {name!r}; train without lora.comfy or "
+                     "target the attention/ffn layers")
+
+
+
 class WanSpec(ModelSpec):
     name = "wan"
     default_model_id = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -46,9 +77,16 @@ class WanSpec(ModelSpec):
     spatial_multiple = 16
     lora_target_modules: ClassVar[list[str]] = ["to_q", "to_k", "to_v", "to_out.0"]
     pipeline_class_name = "WanPipeline"
+    # WanPipeline.__call__'s defaults (480x832, 81 frames, 50 steps, guidance 5.0) and its docstring
+    # example (export_to_video(..., fps=16)), in the installed diffusers
+    generation_defaults: ClassVar[dict[str, Any]] = {
+        "num_frames": 81, "height": 480, "width": 832, "num_inference_steps": 50, "guidance_scale": 5.0, "fps": 16.0}
     default_shift = 3.0
 
-    def _classes(self) -> dict[str, Any]:
+    def comfy_module_name(self, module: str) -> str:
+        return _comfy_name(module)
+
+    def classes(self) -> dict[str, Any]:
         from diffusers import (
             AutoencoderKLWan,
             FlowMatchEulerDiscreteScheduler,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from captioner.errors import ConfigError
 from captioner.expand import ExpandConfig, Expander, TokenBudget
 
 __all__ = ["expand_for_generation", "load_expand_config", "load_expander", "target_budget"]
@@ -39,7 +40,10 @@ def target_budget(cfg: ExpandConfig, family: str | None = None, model_id: str | 
         return None  # captioner's Expander loads target.tokenizer itself
     if not family:
         return None
-    spec = get_family(family)
+    try:
+        spec = get_family(family)
+    except ValueError as e:
+        raise ConfigError(f"target.family: {e}") from None
     model_id = model_id or spec.default_model_id
     max_tokens = t.max_tokens or spec.max_text_tokens
     path = resolve_t2v_model(model_id)

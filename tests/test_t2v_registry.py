@@ -72,6 +72,16 @@ def test_generation_through_a_registered_family(wanlike, t2v_tiny_models, tmp_pa
     assert video.path.is_file()
 
 
+def test_expansion_target_takes_a_registered_family(wanlike, t2v_tiny_models):
+    from t2v.expansion import load_expand_config, target_budget
+
+    cfg = load_expand_config("tiny", ["target.family=wanlike", "target.model=tiny://wan"])
+    budget = target_budget(cfg)
+    assert budget is not None and budget.max_tokens == WanSpec.max_text_tokens
+    with pytest.raises(ConfigError, match="target.family: unknown model family 'nope'"):
+        target_budget(load_expand_config("tiny", ["target.family=nope", "target.model=tiny://wan"]))
+
+
 def test_cli_family_option_checks_the_registry(wanlike):
     from t2v.cli import cli
 

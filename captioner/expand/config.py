@@ -15,11 +15,6 @@ from captioner.textembed import TextEmbedderConfig
 
 __all__ = ["ChecksConfig", "ExamplesConfig", "ExpandConfig", "TargetConfig", "default_cache_dir"]
 
-# Text-encoder limits of the families' pipelines (max_sequence_length); t2v's family specs hold the same
-# numbers (t2v.families.*.max_text_tokens), used when t2v resolves the target.
-FAMILY_MAX_TOKENS = {"wan": 512, "cogvideox": 226, "ltx": 128}
-
-
 def default_cache_dir() -> Path:
     env = os.environ.get("DENSECAP_CACHE_DIR")
     base = Path(env).expanduser() if env else Path("~/.cache/densecap-t2v").expanduser()
@@ -34,7 +29,9 @@ class TargetConfig(StrictModel):
     ``tokenizer`` (any tokenizer id or folder) + ``max_tokens``. With none of them there is no budget.
     """
 
-    family: Literal["wan", "cogvideox", "ltx"] | None = None
+    # a model family of t2v's registry (t2v.families), checked there when t2v resolves the target;
+    # the family's text-encoder limit (its spec's max_text_tokens) is the budget unless max_tokens is set
+    family: str | None = None
     model: str | None = None
     revision: str | None = None
     tokenizer: str | None = None
@@ -45,7 +42,7 @@ class TargetConfig(StrictModel):
         if self.tokenizer and self.max_tokens is None:
             raise ValueError("target.tokenizer needs target.max_tokens (the text encoder's limit)")
         if self.model and not self.family:
-            raise ValueError("target.model needs target.family (wan, cogvideox or ltx)")
+            raise ValueError("target.model needs target.family (wan, cogvideox, ltx or another t2v family)")
         return self
 
 

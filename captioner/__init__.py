@@ -1,6 +1,6 @@
 """Dense, time-aware video captioning (ShareGPT4Video's DiffSW) for text-to-video training data."""
 
-from captioner.errors import CaptionerError, ConfigError, VideoError
+from densecap.errors import CaptionerError, ConfigError, VideoError
 
 __version__ = "0.1.0"
 __all__ = ["CaptionerError", "ConfigError", "VideoError", "__version__"]

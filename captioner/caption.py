@@ -21,15 +21,27 @@ from pydantic import Field
 
 from captioner.backends import BackendConfig, HFBackendConfig, build_backend
 from captioner.backends.base import ChatBackend
-from captioner.configbase import StrictModel
-from captioner.errors import VideoError
 from captioner.diffsw import DiffSWConfig, DiffSWSession, frames_to_images, run_sessions
 from captioner.encoders import ImageEncoder, build_encoder
-from captioner.grid import GridConfig, GridSession, load_grid_prompts, sample_grid_frames
+from captioner.grid import (
+    GridConfig,
+    GridSession,
+    load_grid_prompts,
+    sample_grid_frames,
+)
 from captioner.keyframes import KeyframeConfig, KeyframeResult, extract_keyframes
 from captioner.prompts import load_prompts
-from captioner.record import CaptionRecord, ClipRange, DiffCaption, FrameCaption, KeyframeEntry, VideoMeta
+from captioner.record import (
+    CaptionRecord,
+    ClipRange,
+    DiffCaption,
+    FrameCaption,
+    KeyframeEntry,
+    VideoMeta,
+)
 from captioner.video import ClipView, VideoInfo, open_clip
+from densecap.config import StrictModel
+from densecap.errors import VideoError
 
 DEFAULT_VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
 DEFAULT_LLM = "Qwen/Qwen2.5-7B-Instruct"

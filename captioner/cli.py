@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from captioner.clitools import CLIGroup, config_options, resolve_config
-from captioner.configbase import load_config
+from densecap.cli import CLIGroup, config_options
+from densecap.config import load_config, resolve_config
 
 
 @click.group(cls=CLIGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +41,7 @@ def info(video: Path, backend: str) -> None:
 def keyframes(video: Path, out_dir: Path, config: str | None, overrides: tuple[str, ...], save_images: bool) -> None:
     """Extract semantic-aware keyframes; writes OUT/keyframes.json."""
     from captioner.keyframes import KeyframeConfig, extract_keyframes, save_keyframes
-    from captioner.paths import check_input_file, check_output_dir
+    from densecap.paths import check_input_file, check_output_dir
 
     cfg = load_config(KeyframeConfig, resolve_config("keyframes", config), overrides)
     check_input_file(video, "video")
@@ -61,7 +61,7 @@ def keyframes(video: Path, out_dir: Path, config: str | None, overrides: tuple[s
 def caption(video: Path, out_path: Path, config: str | None, overrides: tuple[str, ...], mode: str | None) -> None:
     """Caption one video with DiffSW (or grid mode); writes one JSON record."""
     from captioner.caption import CaptionConfig, caption_video
-    from captioner.paths import check_input_file, check_output_file, write_or_keep
+    from densecap.paths import check_input_file, check_output_file, write_or_keep
 
     extra = [*overrides, f"mode={mode}"] if mode else list(overrides)
     cfg = load_config(CaptionConfig, resolve_config("caption", config), extra)
@@ -90,8 +90,8 @@ def make_tiny_cmd(out_dir: Path | None, out: Path | None, force: bool) -> None:
     With no OUT_DIR they go to the default tiny folder ($DENSECAP_TINY_DIR or
     ~/.cache/densecap-t2v/tiny) that the `tiny` presets point to (tiny://NAME).
     """
-    from captioner.modelrefs import tiny_dir
     from captioner.tiny import make_tiny
+    from densecap.modelrefs import tiny_dir
 
     paths = make_tiny(out_dir or out or tiny_dir(), force=force)
     for name, path in sorted(paths.items()):

@@ -26,12 +26,14 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from captioner.caption import CaptionConfig
-from captioner.configbase import StrictModel
-from captioner.errors import CaptionerError, ConfigError
 from captioner.manifest import Clip, read_input
-from captioner.paths import check_input, check_output_dir, write_failure
-from captioner.record import CaptionRecord, lock_output, write_json_atomic
-from captioner.shards import ERRORS_FILE, RECORDS_DIR, JsonlAppender, iter_jsonl, record_files, repair_partial_tail
+from captioner.record import CaptionRecord
+from captioner.shards import ERRORS_FILE, RECORDS_DIR, record_files
+from densecap.config import StrictModel
+from densecap.errors import CaptionerError, ConfigError
+from densecap.files import lock_output, write_json_atomic
+from densecap.jsonl import JsonlAppender, iter_jsonl, repair_partial_tail
+from densecap.paths import check_input, check_output_dir, write_failure
 
 log = logging.getLogger(__name__)
 

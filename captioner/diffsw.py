@@ -26,7 +26,7 @@ from PIL import Image
 from pydantic import Field
 
 from captioner.backends.base import ChatBackend, Message
-from captioner.configbase import StrictModel
+from densecap.config import StrictModel
 
 Role = Literal["captioner", "summarizer"]
 Stage = Literal["first", "diff", "summary"]

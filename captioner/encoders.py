@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from captioner.configbase import StrictModel
-from captioner.errors import ConfigError
+from densecap.config import StrictModel
+from densecap.errors import ConfigError
 
 __all__ = [
     "ImageEncoder",

@@ -40,9 +40,10 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from pydantic import ValidationError
 
-from captioner.errors import CaptionerError
-from captioner.paths import check_output_dir
-from captioner.record import CaptionRecord, write_json_atomic
+from captioner.record import CaptionRecord
+from densecap.errors import CaptionerError
+from densecap.files import write_json_atomic
+from densecap.paths import check_output_dir
 
 FORMATS = ("jsonl", "metadata-csv", "metadata-jsonl", "prompts-txt")
 CAPTION_KINDS = ("summary", "first", "resummary")
@@ -112,7 +113,8 @@ def parse_formats(values: Iterable[str]) -> list[str]:
 def read_source_records(source: str | Path) -> list[SourceRecord]:
     """Every record of a run folder, JSONL shard or record JSON file, with where it came from."""
     from captioner.record import load_record
-    from captioner.shards import RECORDS_DIR, iter_jsonl, record_files
+    from captioner.shards import RECORDS_DIR, record_files
+    from densecap.jsonl import iter_jsonl
 
     path = Path(source)
     if path.is_file() and path.suffix != ".jsonl":

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from captioner.configbase import StrictModel
-from captioner.errors import CaptionerError
 from captioner.manifest import CAPTION_KEYS, Clip
 from captioner.textembed import TextEmbedder, TextEmbedderConfig
+from densecap.config import StrictModel
+from densecap.errors import CaptionerError
 
 __all__ = ["FilterConfig", "FilterError", "Dropped", "FilterResult", "greedy_dedup", "filter_clips"]
 
@@ -343,7 +343,7 @@ def write_filter_outputs(
     """Write ``kept.jsonl`` (a manifest), ``dropped.jsonl`` (each dropped clip with the kept clip it
     duplicates and their similarity) and ``filter_summary.json``; returns the summary."""
     from captioner.manifest import write_manifest
-    from captioner.record import write_json_atomic
+    from densecap.files import write_json_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, model_validator
 
 from captioner.backends.base import ChatBackend, Message, prepare_image
-from captioner.configbase import StrictModel
 from captioner.diffsw import Request, format_time, run_sessions
 from captioner.prompts import load_prompts
+from densecap.config import StrictModel
 
 GRID_SCHEMA: dict[str, dict[str, set[str]]] = {
     "grid": {

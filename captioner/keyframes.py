@@ -30,9 +30,15 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from captioner.configbase import StrictModel
-from captioner.encoders import ClipEncoder, EncoderConfig, ImageEncoder, PixelEncoder, build_encoder
-from captioner.errors import VideoError
+from captioner.encoders import (
+    ClipEncoder,
+    EncoderConfig,
+    ImageEncoder,
+    PixelEncoder,
+    build_encoder,
+)
+from densecap.config import StrictModel
+from densecap.errors import VideoError
 
 if TYPE_CHECKING:  # pragma: no cover
     from captioner.video import VideoReader

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from captioner.errors import CaptionerError
+from densecap.errors import CaptionerError
+from densecap.files import read_utf8 as _read_utf8
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp"}
 PATH_KEYS = ("path", "video", "video_path", "file_name", "filepath")
@@ -118,19 +119,8 @@ def _clip_from_row(row: dict[str, Any], base: Path, where: str) -> Clip:
 
 
 def read_utf8(path: str | Path, error: type[CaptionerError] = ManifestError) -> str:
-    """The text of a UTF-8 file, without a leading byte-order mark; a file in another encoding (Latin-1,
-    cp1252, UTF-16) raises ``error`` naming the file, the line and the byte offset of the first byte
-    that is not UTF-8."""
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise error(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "re-save the file as UTF-8 (in Excel: \"CSV UTF-8\")"
-        ) from None
+    """:func:`densecap.files.read_utf8`, raising a :class:`ManifestError` by default."""
+    return _read_utf8(path, error)
 
 
 def read_manifest(path: str | Path) -> list[Clip]:
@@ -196,7 +186,7 @@ def read_input(source: str | Path) -> list[Clip]:
 
 def write_manifest(clips: Iterable[Clip], path: str | Path) -> Path:
     """Write clips as JSONL (the format :func:`read_manifest` reads back)."""
-    from captioner.record import write_json_atomic
+    from densecap.files import write_json_atomic
 
     text = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in clips)
     return write_json_atomic(path, text)

@@ -1,30 +1,19 @@
-"""Model references in configs: hub ids, local paths, ``tiny://NAME`` for the offline tiny models and
-``real://NAME`` for the offline real small model (built from an installed GGUF, see captioner.real)."""
+"""Model references of the captioning models: ``tiny://vlm|llm|clip`` (built on first use),
+``real://smollm2`` (built from the installed GGUF), local paths and hub ids. The schemes and folders
+are the core's (:mod:`densecap.modelrefs`)."""
 
 from __future__ import annotations
 
-import logging
-import os
-from pathlib import Path
+from densecap.errors import ConfigError
+from densecap.modelrefs import (
+    REAL_SCHEME,
+    TINY_SCHEME,
+    real_dir,
+    resolve_local_ref,
+    tiny_dir,
+)
 
-from captioner.errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-TINY_SCHEME = "tiny://"
-REAL_SCHEME = "real://"
-
-
-def tiny_dir() -> Path:
-    """The tiny-model folder: ``$DENSECAP_TINY_DIR`` (read at call time) or ``~/.cache/densecap-t2v/tiny``."""
-    env = os.environ.get("DENSECAP_TINY_DIR")
-    return Path(env).expanduser() if env else Path("~/.cache/densecap-t2v/tiny").expanduser()
-
-
-def real_dir() -> Path:
-    """The real-model folder: ``$DENSECAP_REAL_DIR`` (read at call time) or ``<tiny-model folder>/real``."""
-    env = os.environ.get("DENSECAP_REAL_DIR")
-    return Path(env).expanduser() if env else tiny_dir() / "real"
+__all__ = ["REAL_SCHEME", "TINY_SCHEME", "real_dir", "resolve_model_ref", "tiny_dir"]
 
 
 def resolve_model_ref(ref: str) -> str:
@@ -48,8 +37,4 @@ def resolve_model_ref(ref: str) -> str:
         if name not in paths:
             raise ConfigError(f"model {ref!r}: unknown tiny model {name!r}; available: {', '.join(sorted(paths))}")
         return str(paths[name])
-    expanded = os.path.expanduser(ref)
-    if expanded != ref or ref.startswith((".", "/")):
-        if not Path(expanded).exists():
-            raise ConfigError(f"model path {expanded} does not exist")
-    return expanded
+    return resolve_local_ref(ref)

@@ -49,10 +49,10 @@ from pydantic import Field, model_validator
 
 from captioner.backends import BackendConfig, HFBackendConfig, OpenAIBackendConfig
 from captioner.backends.base import ChatBackend, Message
-from captioner.configbase import StrictModel
-from captioner.errors import BackendError, CaptionerError, ConfigError
 from captioner.prompts import load_prompts
-from captioner.record import lock_output, write_json_atomic
+from densecap.config import StrictModel
+from densecap.errors import BackendError, CaptionerError, ConfigError
+from densecap.files import lock_output, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -555,7 +555,7 @@ class PairsOutput:
     """A PAIRS file and its sidecars: settings check, what is done, durable appends."""
 
     def __init__(self, path: str | Path, cfg: PairsConfig, prompts: dict[str, Any]):
-        from captioner.shards import repair_partial_tail
+        from densecap.jsonl import repair_partial_tail
 
         self.path = Path(path)
         if self.path.is_dir():
@@ -627,7 +627,7 @@ class PairsOutput:
         write_json_atomic(self.meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
     def _appender(self, which: str):
-        from captioner.shards import JsonlAppender
+        from densecap.jsonl import JsonlAppender
 
         if which == "pairs":
             if self._pairs is None:

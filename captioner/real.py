@@ -31,7 +31,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioner.errors import ConfigError
+from densecap.errors import ConfigError
 
 __all__ = [
     "REAL_MODELS",
@@ -191,7 +191,12 @@ def build_real(out_dir: Path, name: str = "smollm2", *, force: bool = False) -> 
     def fill(d: Path) -> None:
         import torch
         import transformers
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            GenerationConfig,
+        )
 
         src, gguf = str(source.folder), source.model.gguf_file
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)

@@ -28,11 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from captioner.backends import BackendConfig, HFBackendConfig
 from captioner.backends.base import ChatBackend, Message
-from captioner.configbase import StrictModel
 from captioner.diffsw import format_time
-from captioner.errors import CaptionerError
 from captioner.prompts import load_prompts
 from captioner.record import CaptionRecord, DiffCaption
+from densecap.config import StrictModel
+from densecap.errors import CaptionerError
 
 DEFAULT_SUMMARIZER = "Qwen/Qwen2.5-7B-Instruct"
 

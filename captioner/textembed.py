@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from captioner.configbase import StrictModel
 from captioner.encoders import _transformers_quiet, resolve_device, resolve_dtype
-from captioner.errors import ConfigError
+from densecap.config import StrictModel
+from densecap.errors import ConfigError
 
 __all__ = ["TextEmbedderConfig", "TextEmbedder", "resolve_text_model", "DEFAULT_TEXT_MODEL"]
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from captioner.errors import VideoError
+from densecap.errors import VideoError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from captioner.errors import CaptionerError
+from densecap.errors import CaptionerError
 
 Bucket = tuple[int, int, int]  # (frames, height, width)
 

@@ -51,11 +51,11 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from captioner.configbase import StrictModel, flatten_dict
-from captioner.errors import CaptionerError
-from captioner.paths import check_output_dir
-from captioner.record import lock_output, normal_mode, write_json_atomic
-from captioner.shards import JsonlAppender, iter_jsonl, repair_partial_tail
+from densecap.config import StrictModel, flatten_dict
+from densecap.errors import CaptionerError
+from densecap.files import lock_output, normal_mode, write_json_atomic
+from densecap.jsonl import JsonlAppender, iter_jsonl, repair_partial_tail
+from densecap.paths import check_output_dir
 from t2v.data import (
     Bucket,
     DataConfig,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from captioner.clitools import CLIGroup
+from densecap.cli import CLIGroup
 
 
 @click.group(cls=CLIGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,9 +103,8 @@ def prepare(config: str | None, overrides: tuple[str, ...], out: Path | None) ->
     """
     import sys
 
-    from captioner.clitools import resolve_config
-    from captioner.configbase import load_config
-    from captioner.errors import CaptionerError
+    from densecap.config import load_config, resolve_config
+    from densecap.errors import CaptionerError
     from t2v.cache import PrepareConfig, cache_size, nbytes_text, prepare_cache
 
     try:
@@ -151,7 +150,7 @@ def train_cmd(config: str | None, overrides: tuple[str, ...], out: Path, resume:
     """
     import sys
 
-    from captioner.errors import CaptionerError
+    from densecap.errors import CaptionerError
     from t2v.train import run_from_args
 
     try:
@@ -207,8 +206,8 @@ def expand_cmd(prompts: tuple[str, ...], config: str, overrides: tuple[str, ...]
     """
     import sys
 
-    from captioner.errors import CaptionerError
-    from captioner.paths import check_output_file, write_or_keep
+    from densecap.errors import CaptionerError
+    from densecap.paths import check_output_file, write_or_keep
     from t2v.expansion import load_expand_config, load_expander
 
     sets = list(overrides)
@@ -304,7 +303,7 @@ def generate_cmd(config: str | None, overrides: tuple[str, ...], prompts: tuple[
     """
     import sys
 
-    from captioner.errors import CaptionerError
+    from densecap.errors import CaptionerError
     from t2v.generate import generate_videos, load_generate_config, read_prompts
 
     flags = {"seed": seed, "videos_per_prompt": videos_per_prompt, "num_frames": frames, "height": height, "width": width, "num_inference_steps": steps,
@@ -361,7 +360,7 @@ def demo_cmd(out: Path, prompt: str | None, steps: int, expander: str, debug: bo
     """
     import sys
 
-    from captioner.errors import CaptionerError
+    from densecap.errors import CaptionerError
     from t2v.demo import DEFAULT_PROMPT, run_demo
 
     try:

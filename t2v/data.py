@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from captioner.configbase import StrictModel
-from captioner.errors import CaptionerError, VideoError
-from captioner.manifest import read_utf8
 from captioner.video import ClipView, VideoInfo, VideoReader, open_video
+from densecap.config import StrictModel
+from densecap.errors import CaptionerError, VideoError
+from densecap.files import read_utf8
 from t2v.buckets import (
     Bucket,
     BucketBatchSampler,

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captioner.errors import CaptionerError
-from captioner.paths import check_output_dir
-from captioner.record import write_json_atomic
 from densecap.assets import configs_dir, samples_dir
+from densecap.errors import CaptionerError
+from densecap.files import write_json_atomic
+from densecap.paths import check_output_dir
 
 __all__ = ["DEFAULT_PROMPT", "EXPANDERS", "DemoResult", "expand_step", "run_demo", "samples_dir"]
 
@@ -92,7 +92,13 @@ EXPANDERS = ("auto", "real", "tiny")
 
 def _pick_expander(choice: str) -> tuple[str, str]:
     """``("real" | "tiny", why)`` for an ``--expander`` choice."""
-    from captioner.real import REAL_MODELS, find_source, install_hint, missing_packages, real_available
+    from captioner.real import (
+        REAL_MODELS,
+        find_source,
+        install_hint,
+        missing_packages,
+        real_available,
+    )
 
     if choice not in EXPANDERS:
         raise CaptionerError(f"demo: expander {choice!r}: choose one of {', '.join(EXPANDERS)}")
@@ -141,9 +147,9 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the five steps into ``out_dir`` (see the module doc); returns where everything is."""
-    from captioner.configbase import load_config
     from captioner.corpus import RunConfig, run_corpus
     from captioner.export import export_dataset
+    from densecap.config import load_config
     from t2v.generate import generate_videos, load_generate_config
     from t2v.train import load_train_config, train
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from captioner.errors import ConfigError
 from captioner.expand import ExpandConfig, Expander, TokenBudget
+from densecap.errors import ConfigError
 
 __all__ = ["expand_for_generation", "load_expand_config", "load_expander", "target_budget"]
 
 
 def load_expand_config(config: str | Path, overrides: Sequence[str] = ()) -> ExpandConfig:
     """An expansion config from a YAML path or a preset name (``configs/expand/<name>.yaml``)."""
-    from captioner.clitools import resolve_config
-    from captioner.configbase import load_config
+    from densecap.config import load_config, resolve_config
 
     return load_config(ExpandConfig, resolve_config("expand", str(config)), list(overrides))
 

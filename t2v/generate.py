@@ -50,10 +50,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from captioner.configbase import StrictModel, flatten_dict
-from captioner.errors import CaptionerError
-from captioner.paths import check_output_dir
-from captioner.record import file_sha256, write_json_atomic
+from densecap.config import StrictModel, flatten_dict
+from densecap.errors import CaptionerError
+from densecap.files import file_sha256, write_json_atomic
+from densecap.paths import check_output_dir
 from t2v.videoio import write_mp4
 
 __all__ = [
@@ -212,8 +212,7 @@ class GenerateConfig(StrictModel):
 
 def load_generate_config(config: str | os.PathLike | None, overrides: Sequence[str] = ()) -> GenerateConfig:
     """The config from a YAML file or a ``configs/generate/`` preset name, plus ``KEY=VALUE`` overrides."""
-    from captioner.clitools import resolve_config
-    from captioner.configbase import load_config
+    from densecap.config import load_config, resolve_config
 
     if config is None:
         raise GenerateError("give --config (a YAML file, or a preset: tiny, wan, cogvideox, ltx)")

@@ -122,7 +122,7 @@ def save_lora(
 
         scale = float(meta["lora_alpha"]) / float(meta["r"])
         save_file(to_comfy(sd, spec, scale), str(out / COMFY_FILE), metadata={"format": "pt"})
-    from captioner.record import normal_mode
+    from densecap.files import normal_mode
 
     normal_mode(*(out / name for name in (LORA_FILE, COMFY_FILE) if (out / name).is_file()))  # safetensors: 0600
     return out

@@ -31,7 +31,7 @@ import json
 import os
 from pathlib import Path
 
-from captioner.tiny import build_atomically, read_build_marker
+from densecap.tinybuild import build_atomically, read_build_marker
 
 __all__ = [
     "TINY_FAMILIES",
@@ -58,7 +58,7 @@ _ALPHABET = [chr(i) for i in range(33, 127)]
 
 def default_tiny_root() -> Path:
     """``tiny_dir() / "t2v"``: ``$DENSECAP_TINY_DIR/t2v`` or ``~/.cache/densecap-t2v/tiny/t2v``."""
-    from captioner.modelrefs import tiny_dir
+    from densecap.modelrefs import tiny_dir
 
     return tiny_dir() / "t2v"
 
@@ -113,7 +113,7 @@ def _train_t5_tokenizer(model_max_length: int):
     from tokenizers.models import Unigram
     from transformers import T5Tokenizer
 
-    from captioner.tiny import _corpus
+    from densecap.tinybuild import tokenizer_corpus
 
     raw = Tokenizer(Unigram())
     # the same pre-tokenisation as T5Tokenizer, so the trained pieces carry its "▁" word marker
@@ -131,7 +131,7 @@ def _train_t5_tokenizer(model_max_length: int):
         show_progress=False,
     )
     # one line of all printable ASCII characters: every one becomes a (low-scored) piece
-    raw.train_from_iterator([*_corpus().splitlines(), " ".join(_ALPHABET)], trainer=trainer)
+    raw.train_from_iterator([*tokenizer_corpus().splitlines(), " ".join(_ALPHABET)], trainer=trainer)
     trained = json.loads(raw.to_str())["model"]["vocab"]
     if [p for p, _ in trained[:3]] != ["<pad>", "</s>", "<unk>"]:
         raise RuntimeError(f"tiny T5 tokenizer: unexpected special tokens {trained[:3]}")
@@ -188,7 +188,12 @@ def build_tiny_wan(out_dir: Path, seed: int = 0) -> Path:
     """
 
     def fill(d: Path) -> None:
-        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+        from diffusers import (
+            AutoencoderKLWan,
+            UniPCMultistepScheduler,
+            WanPipeline,
+            WanTransformer3DModel,
+        )
 
         tokenizer = _train_t5_tokenizer(512)
         text_encoder = _t5_encoder("UMT5EncoderModel", len(tokenizer), seed)
@@ -401,7 +406,7 @@ def resolve_t2v_model(ref: str) -> str:
     ``tiny://wan`` (``cogvideox``, ``ltx``) names a tiny pipeline under :func:`default_tiny_root`,
     built on first use; ``~`` is expanded in local paths; hub ids pass through unchanged.
     """
-    from captioner.errors import ConfigError
+    from densecap.errors import ConfigError
 
     if ref.startswith(TINY_SCHEME):
         name = ref[len(TINY_SCHEME) :]

@@ -49,12 +49,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from captioner.clitools import configure_output
-from captioner.configbase import flatten_dict
-from captioner.record import checkpoint_problem, lock_output, normal_mode, pick_checkpoint, replace_dir
-from captioner.record import write_json_atomic as write_text_atomic  # it writes any text
-from captioner.errors import CaptionerError, ConfigError
-from captioner.paths import check_output_dir
+from densecap.checkpoints import checkpoint_problem, pick_checkpoint
+from densecap.cli import configure_output
+from densecap.config import flatten_dict
+from densecap.errors import CaptionerError, ConfigError
+from densecap.files import lock_output, normal_mode, replace_dir
+from densecap.files import write_json_atomic as write_text_atomic  # it writes any text
+from densecap.paths import check_output_dir
 from t2v.train_config import TrainConfig
 from t2v.videoio import write_mp4
 
@@ -105,8 +106,7 @@ class TrainResult:
 
 def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """The config from a YAML file (or a ``configs/train/`` preset name) plus ``KEY=VALUE`` overrides."""
-    from captioner.clitools import resolve_config
-    from captioner.configbase import load_config
+    from densecap.config import load_config, resolve_config
 
     return load_config(TrainConfig, resolve_config("train", path) if path is not None else None, list(overrides))
 

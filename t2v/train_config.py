@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from captioner.configbase import StrictModel
+from densecap.config import StrictModel
 from t2v.data import DataConfig
 from t2v.families.base import TimestepConfig
 

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from pydantic import Field, ValidationError
 
-from captioner.configbase import StrictModel
-from captioner.errors import CaptionerError, ConfigError
+from densecap.config import StrictModel
+from densecap.errors import CaptionerError, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
@@ -95,7 +95,7 @@ class PageLimits(StrictModel):
 
 def parse_limits(items: tuple[str, ...] | list[str]) -> PageLimits:
     """:class:`PageLimits` from ``KEY=VALUE`` strings (values are YAML); errors name the key."""
-    from captioner.configbase import parse_override
+    from densecap.config import parse_override
 
     data: dict[str, Any] = {}
     for item in items:

@@ -427,7 +427,7 @@ def test_a_bare_name_is_the_preset_even_with_a_file_of_that_name_here(tmp_path, 
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny").write_text("captioner: {model: /somewhere/else}\n")
-    with caplog.at_level(logging.INFO, logger="captioner.clitools"):
+    with caplog.at_level(logging.INFO, logger="densecap.config"):
         assert resolve_config("run", "tiny") == CONFIGS_DIR / "run" / "tiny.yaml"
     assert any("write ./tiny" in r.getMessage() for r in caplog.records)
     assert resolve_config("run", "./tiny") == Path("./tiny")  # a path is a path
@@ -492,9 +492,9 @@ def test_a_cache_shard_follows_the_umask(tmp_path, monkeypatch):
     """The mode comes from the umask (a group-writable 002 setup gets 0664), not a fixed 0644."""
     import torch
 
-    import captioner.record
+    import densecap.files
     from t2v.cache import _save_atomic
 
-    monkeypatch.setattr(captioner.record, "_UMASK", 0o002)
+    monkeypatch.setattr(densecap.files, "_UMASK", 0o002)
     _save_atomic({"w": torch.zeros(2)}, tmp_path / "shard-00000.safetensors", {"format": "pt"})
     assert oct(_mode(tmp_path / "shard-00000.safetensors")) == oct(0o664)

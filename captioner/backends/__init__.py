@@ -11,8 +11,8 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, TypeAdapter, ValidationError
 
 from captioner.backends.base import ChatBackend, Conversation, Message, prepare_image
-from captioner.configbase import StrictModel
-from captioner.errors import BackendError, ConfigError
+from densecap.config import StrictModel
+from densecap.errors import BackendError, ConfigError
 
 __all__ = [
     "BackendConfig",

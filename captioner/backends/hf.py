@@ -14,8 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from captioner.backends import HFBackendConfig
-from captioner.backends.base import ChatBackend, Conversation, Message, check_seeds, chunked, prepare_image
-from captioner.errors import BackendError
+from captioner.backends.base import (
+    ChatBackend,
+    Conversation,
+    Message,
+    check_seeds,
+    chunked,
+    prepare_image,
+)
+from densecap.errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +32,9 @@ _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def _is_vlm_config(config: Any) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
 
     return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or hasattr(config, "vision_config")
 

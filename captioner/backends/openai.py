@@ -44,8 +44,20 @@ import httpx
 from PIL import Image
 
 from captioner.backends import OpenAIBackendConfig
-from captioner.backends.base import ChatBackend, Conversation, Message, check_seeds, prepare_image
-from captioner.errors import REDACTED, AuthError, BackendError, UnsupportedInputError, redact
+from captioner.backends.base import (
+    ChatBackend,
+    Conversation,
+    Message,
+    check_seeds,
+    prepare_image,
+)
+from densecap.errors import (
+    REDACTED,
+    AuthError,
+    BackendError,
+    UnsupportedInputError,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 

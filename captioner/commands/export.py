@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from captioner.clitools import config_options, resolve_config
+from densecap.cli import config_options
+from densecap.config import resolve_config
 
 
 @click.command("export")
@@ -47,9 +48,14 @@ def command(
     prompts.txt + videos.txt. --config/--set configure the text model of --caption resummary
     (presets in configs/summarize/).
     """
-    from captioner.errors import CaptionerError
-    from captioner.export import describe_skips, export_dataset, parse_formats, stale_metadata
-    from captioner.paths import check_input, check_output_dir
+    from captioner.export import (
+        describe_skips,
+        export_dataset,
+        parse_formats,
+        stale_metadata,
+    )
+    from densecap.errors import CaptionerError
+    from densecap.paths import check_input, check_output_dir
 
     fmts = parse_formats(formats)
     if (config or overrides) and caption != "resummary":
@@ -57,8 +63,8 @@ def command(
     check_output_dir(out_dir)
     summarizer = None
     if caption == "resummary" and config is not None:
-        from captioner.configbase import load_config
         from captioner.resummary import Resummarizer, SummarizeConfig
+        from densecap.config import load_config
 
         check_input(source, "run folder or record file")  # before the model loads (else export_dataset says it)
         summarizer = Resummarizer(load_config(SummarizeConfig, resolve_config("summarize", config), overrides))

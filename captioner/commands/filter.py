@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from captioner.clitools import config_options, resolve_config
+from densecap.cli import config_options
+from densecap.config import resolve_config
 
 
 @click.command("filter")
@@ -21,10 +22,10 @@ def command(manifest: Path, out_dir: Path, config: str | None, overrides: tuple[
     the kept clips), OUT/dropped.jsonl (each dropped clip with the kept clip it duplicates and their
     cosine similarity) and OUT/filter_summary.json. Only captions are read: videos are not opened.
     """
-    from captioner.configbase import load_config
     from captioner.filter import FilterConfig, filter_clips, write_filter_outputs
     from captioner.manifest import CAPTION_KEYS, ManifestError, read_manifest
-    from captioner.paths import check_output_dir
+    from densecap.config import load_config
+    from densecap.paths import check_output_dir
 
     t0 = time.perf_counter()
     cfg = load_config(FilterConfig, resolve_config("filter", config), overrides)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from captioner.clitools import config_options, resolve_config
+from densecap.cli import config_options
+from densecap.config import resolve_config
 
 
 def _counts(result) -> str:
@@ -55,7 +56,6 @@ def command(
     command again to resume. Exit status: 0 when every caption has a pair, 2 when some failed (see
     the errors file), 1 on an error.
     """
-    from captioner.configbase import load_config
     from captioner.pairs import (
         PairsConfig,
         export_sft,
@@ -63,7 +63,8 @@ def command(
         load_pairs_prompts,
         mine_pairs,
     )
-    from captioner.paths import check_output_file
+    from densecap.config import load_config
+    from densecap.paths import check_output_file
 
     cfg = load_config(PairsConfig, resolve_config("pairs", config), overrides)
     for path in (out_path, sft_path):

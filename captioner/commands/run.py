@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from captioner.clitools import config_options, resolve_config
-from captioner.configbase import load_config
+from densecap.cli import config_options
+from densecap.config import load_config, resolve_config
 
 
 @click.command("run")

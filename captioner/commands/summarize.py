@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from captioner.clitools import config_options, resolve_config
+from densecap.cli import config_options
+from densecap.config import resolve_config
 
 
 @click.command("summarize")
@@ -36,9 +37,14 @@ def command(
     those of the record: for a record of a clip they are relative to the clip's start. Writes OUT
     (JSON): the range, the differential captions used, the new caption, prompt version and model.
     """
-    from captioner.configbase import load_config
-    from captioner.paths import check_output_file, write_or_keep
-    from captioner.resummary import Resummarizer, SummarizeConfig, check_range, pick_record
+    from captioner.resummary import (
+        Resummarizer,
+        SummarizeConfig,
+        check_range,
+        pick_record,
+    )
+    from densecap.config import load_config
+    from densecap.paths import check_output_file, write_or_keep
 
     rec, name = pick_record(record, video, clip_start)
     check_range(rec, start, end, name)  # before loading any model

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from captioner.clitools import config_options, resolve_config
+from densecap.cli import config_options
+from densecap.config import resolve_config
 
 
 def _loss(v: float | None) -> str:
@@ -31,9 +32,9 @@ def command(pairs: Path, out_dir: Path, config: str | None, overrides: tuple[str
     the hf backend), OUT/adapter, OUT/expand.yaml (a ready expansion config), OUT/metrics.jsonl,
     OUT/README.md and resumable checkpoints in OUT/checkpoints (continue with --resume latest).
     """
-    from captioner.configbase import load_config
     from captioner.expand.finetune import TrainExpanderConfig, train_expander
-    from captioner.paths import check_input_file, check_output_dir
+    from densecap.config import load_config
+    from densecap.paths import check_input_file, check_output_dir
     cfg = load_config(TrainExpanderConfig, resolve_config("train-expander", config), overrides)
     check_input_file(pairs, "pairs file")
     check_output_dir(out_dir)

@@ -33,8 +33,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from captioner.errors import CaptionerError
 from captioner.manifest import Clip
+from densecap.errors import CaptionerError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from captioner.caption import VideoCaptioner
 from captioner.engines.decode_pool import DecodePool, PrepResult
 from captioner.engines.dispatch import Dispatcher
-from captioner.errors import BackendError, FatalBackendError
+from densecap.errors import BackendError, FatalBackendError
 
 if TYPE_CHECKING:
     from captioner.corpus import RunConfig, RunOutput, RunStats, WorkItem

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from captioner.errors import CaptionerError, FatalBackendError
+from densecap.errors import CaptionerError, FatalBackendError
 
 if TYPE_CHECKING:
     from captioner.corpus import RunConfig, RunOutput, RunStats, WorkItem

@@ -11,7 +11,12 @@
 
 from captioner.expand.budget import TokenBudget, split_sentences
 from captioner.expand.checks import check_expansion, clean_answer
-from captioner.expand.config import ChecksConfig, ExamplesConfig, ExpandConfig, TargetConfig
+from captioner.expand.config import (
+    ChecksConfig,
+    ExamplesConfig,
+    ExpandConfig,
+    TargetConfig,
+)
 from captioner.expand.examples import Example, ExampleIndex
 from captioner.expand.expander import EXPAND_SCHEMA, Expander, Expansion, ExpansionCache
 

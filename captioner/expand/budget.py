@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from captioner.errors import ConfigError
+from densecap.errors import ConfigError
 
 __all__ = ["TokenBudget", "split_sentences"]
 

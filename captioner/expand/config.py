@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from captioner.backends import BackendConfig
-from captioner.configbase import StrictModel
 from captioner.textembed import TextEmbedderConfig
+from densecap.config import StrictModel
 
 __all__ = ["ChecksConfig", "ExamplesConfig", "ExpandConfig", "TargetConfig", "default_cache_dir"]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from captioner.errors import ConfigError
 from captioner.textembed import TextEmbedder, TextEmbedderConfig
+from densecap.errors import ConfigError
 
 __all__ = ["Example", "ExampleIndex", "builtin_examples", "load_examples"]
 

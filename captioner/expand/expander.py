@@ -40,13 +40,23 @@ from pathlib import Path
 from typing import Any
 
 from captioner.backends import ChatBackend, Message, build_backend
-from captioner.errors import ConfigError
 from captioner.expand.budget import TokenBudget
-from captioner.expand.checks import check_expansion, clean_answer, injection_reason, word_count
+from captioner.expand.checks import (
+    check_expansion,
+    clean_answer,
+    injection_reason,
+    word_count,
+)
 from captioner.expand.config import ExpandConfig
-from captioner.expand.examples import Example, ExampleIndex, builtin_examples, load_examples
+from captioner.expand.examples import (
+    Example,
+    ExampleIndex,
+    builtin_examples,
+    load_examples,
+)
 from captioner.prompts import load_prompts
-from captioner.record import file_sha256
+from densecap.errors import ConfigError
+from densecap.files import file_sha256
 
 __all__ = ["EXPAND_SCHEMA", "Expander", "Expansion", "ExpansionCache"]
 
@@ -138,7 +148,7 @@ class ExpansionCache:
         return Expansion.from_dict(data["expansion"])
 
     def put(self, key: str, expansion: Expansion) -> None:
-        from captioner.record import write_json_atomic
+        from densecap.files import write_json_atomic
 
         record = {"format": CACHE_FORMAT, "key": key, "expansion": expansion.to_dict() | {"cached": False}}
         write_json_atomic(self._path(key), json.dumps(record, ensure_ascii=False, indent=1) + "\n")

@@ -58,10 +58,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from captioner.configbase import StrictModel, flatten_dict
-from captioner.errors import CaptionerError, ConfigError
-from captioner.record import file_sha256, pick_checkpoint, replace_dir
-from captioner.record import write_json_atomic as write_text_atomic  # it writes any text
+from densecap.checkpoints import pick_checkpoint
+from densecap.config import StrictModel, flatten_dict
+from densecap.errors import CaptionerError, ConfigError
+from densecap.files import file_sha256, replace_dir
+from densecap.files import write_json_atomic as write_text_atomic  # it writes any text
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from captioner.errors import ConfigError
+from densecap.errors import ConfigError
 
 BUILTIN_DIR = Path(__file__).parent
 

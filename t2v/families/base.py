@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from captioner.configbase import StrictModel
+from densecap.config import StrictModel
 
 __all__ = [
     "Components",

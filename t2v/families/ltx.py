@@ -32,7 +32,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from t2v.families.base import Components, ModelSpec, TimestepConfig, flow_matching_inputs
+from t2v.families.base import (
+    Components,
+    ModelSpec,
+    TimestepConfig,
+    flow_matching_inputs,
+)
 
 
 def pack_latents(latents: torch.Tensor, patch: int = 1, patch_t: int = 1) -> torch.Tensor:
@@ -84,7 +89,11 @@ class LTXSpec(ModelSpec):
         return module  # ComfyUI's LTX transformer keeps the diffusers module names
 
     def classes(self) -> dict[str, Any]:
-        from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+        from diffusers import (
+            AutoencoderKLLTXVideo,
+            FlowMatchEulerDiscreteScheduler,
+            LTXVideoTransformer3DModel,
+        )
         from transformers import T5EncoderModel, T5TokenizerFast
 
         return {

@@ -36,7 +36,6 @@ from t2v.families.base import (
     flow_matching_inputs,
 )
 
-
 # ComfyUI names of the modules of the diffusers Wan transformer (the original Wan checkpoint names)
 _WAN_ATTN = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o", "add_k_proj": "k_img", "add_v_proj": "v_img"}
 _WAN_TOP = {

@@ -16,7 +16,7 @@ encoder (pixel), opens the video with the given reader at the default ``max_side
   (PyAV; before that, decord up to ``DECORD_MAX_BYTES`` and PyAV above);
 * ``decord`` / ``pyav``: the readers forced;
 * ``decord-before``: decord with its read-ahead left running
-  (``captioner.video.DECORD_DROP_READAHEAD = False``), i.e. the decord reader before the fix,
+  (``densecap.video.settings.DECORD_DROP_READAHEAD = False``), i.e. the decord reader before the fix,
   which auto mode used for all of these files: measured in the same run.
 
 Growth is reported as peak(L) / peak(shortest video) per reader (1.00 = flat), and as MB above the
@@ -84,9 +84,10 @@ def peak_mb() -> float:
 
 def child(reader: str, video: str | None) -> None:
     """Run one measurement in this (fresh) process and print it as one JSON line."""
-    from captioner import video as V
     from captioner.encoders import build_encoder
     from captioner.keyframes import KeyframeConfig, extract_keyframes
+    from densecap import video as V
+    from densecap.video import settings
 
     cfg = KeyframeConfig()
     encoder = build_encoder(cfg.encoder)
@@ -95,7 +96,7 @@ def child(reader: str, video: str | None) -> None:
     if video is not None:
         backend = reader
         if reader == "decord-before":
-            V.DECORD_DROP_READAHEAD = False
+            settings.DECORD_DROP_READAHEAD = False
             backend = "decord"
         t = time.perf_counter()
         # as extract_keyframes(path) opens it (sparse access); forced readers ignore the access
@@ -202,7 +203,7 @@ figure is a fresh process (imports, encoder, extraction), the median of {repeat}
 range; *peak / peak at {minutes[0]:g} min* is the growth with length (1.00 = flat; from the
 medians). *auto* is what `extract_keyframes(path)` does (it opens files for sparse access, which
 auto mode serves with PyAV); *decord before the fix* is the decord
-reader with its read-ahead left running (`captioner.video.DECORD_DROP_READAHEAD = False`), which
+reader with its read-ahead left running (`densecap.video.settings.DECORD_DROP_READAHEAD = False`), which
 auto mode used for all of these files before: both measured in the same run.
 
 Command: `{command}`

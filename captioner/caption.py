@@ -39,7 +39,7 @@ from captioner.record import (
     KeyframeEntry,
     VideoMeta,
 )
-from captioner.video import ClipView, VideoInfo, open_clip
+from densecap.video import ClipView, VideoInfo, open_clip
 from densecap.config import StrictModel
 from densecap.errors import VideoError
 
@@ -150,7 +150,7 @@ def _fit(image, max_side: int | None):
     """Downscale (aspect kept, even sides, as decode-time resizing does) to ``max_side``."""
     if max_side is None or max(image.size) <= max_side:
         return image
-    from captioner.video import output_size_for
+    from densecap.video import output_size_for
 
     return image.resize(output_size_for(image.width, image.height, max_side), Image.Resampling.BICUBIC)
 

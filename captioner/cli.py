@@ -28,7 +28,7 @@ def cli() -> None:
 @click.option("--backend", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True)
 def info(video: Path, backend: str) -> None:
     """Print a video's metadata (fps, frames, duration, size) as JSON."""
-    from captioner.video import probe_video
+    from densecap.video import probe_video
 
     click.echo(json.dumps(probe_video(video, backend=backend).to_dict(), indent=2))
 

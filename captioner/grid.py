@@ -199,7 +199,7 @@ class GridSession:
 
 
 def sample_grid_frames(reader, cfg: GridConfig) -> tuple[list[Image.Image], list[int], list[float]]:
-    """Frames of an open :class:`~captioner.video.VideoReader` at :func:`grid_times`, with their
+    """Frames of an open :class:`~densecap.video.VideoReader` at :func:`grid_times`, with their
     indices and real times; a time that lands on an already chosen frame (a very short video) is dropped."""
     wanted = grid_times(reader.duration, cfg)
     arrays, indices, times = reader.read_at(wanted)
@@ -238,7 +238,7 @@ def caption_grid(
     ``reader_or_path`` is an open reader (used as is, not closed) or a video path (opened with frames
     decoded at ``cfg.tile_max_side``).
     """
-    from captioner.video import VideoReader, open_video
+    from densecap.video import VideoReader, open_video
 
     if isinstance(reader_or_path, VideoReader):
         session = grid_session(reader_or_path, cfg)

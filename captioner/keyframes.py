@@ -41,7 +41,7 @@ from densecap.config import StrictModel
 from densecap.errors import VideoError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from captioner.video import VideoReader
+    from densecap.video import VideoReader
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -120,7 +120,7 @@ class Keyframe:
 @dataclass
 class KeyframeResult:
     keyframes: list[Keyframe]
-    video: Any  #: captioner.video.VideoInfo
+    video: Any  #: densecap.video.VideoInfo
     candidates: int  #: number of candidate frames compared
     encoder: dict
     config: dict
@@ -245,7 +245,7 @@ def is_solid(frame: np.ndarray, solid_std: float = 6.0) -> bool:
 
 
 def _open(video, max_side):
-    from captioner.video import open_video
+    from densecap.video import open_video
 
     return open_video(video, max_side=max_side, access="sparse")
 

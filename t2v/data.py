@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from captioner.video import ClipView, VideoInfo, VideoReader, open_video
+from densecap.video import ClipView, VideoInfo, VideoReader, open_video
 from densecap.config import StrictModel
 from densecap.errors import CaptionerError, VideoError
 from densecap.files import read_utf8

@@ -20,7 +20,7 @@ from captioner.grid import (
     make_grid,
     read_grid_frames,
 )
-from captioner.video import open_clip, open_video
+from densecap.video import open_clip, open_video
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200), (240, 240, 240)]
 

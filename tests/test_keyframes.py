@@ -195,7 +195,7 @@ def _assert_scenes_covered(result, scene_seconds):
 
 
 def _assert_times_real(result, path):
-    from captioner.video import open_video
+    from densecap.video import open_video
 
     with open_video(path) as reader:
         real = reader.frame_times([k.index for k in result.keyframes])
@@ -226,7 +226,7 @@ def test_every_scene_covered_tiny_clip(name, media, videos, tiny_clip_encoder):
 
 
 def test_similarity_is_cosine_to_previous_keyframe(media):
-    from captioner.video import open_video
+    from densecap.video import open_video
 
     enc = PixelEncoder()
     with open_video(media["multiscene"], max_side=336) as reader:
@@ -241,7 +241,7 @@ def test_similarity_is_cosine_to_previous_keyframe(media):
 
 
 def test_static_video(media):
-    from captioner.video import open_video
+    from densecap.video import open_video
 
     one = extract_keyframes(media["static"], KeyframeConfig(keep_last=False))
     assert len(one.keyframes) == 1 and one.keyframes[0].index == 0

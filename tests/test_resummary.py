@@ -214,12 +214,15 @@ def test_pick_record_from_a_run_folder(tmp_path, record):
 
 def test_cli_end_to_end_with_tiny_model_reads_no_frames(samples_dir, tiny_models, tmp_path, monkeypatch):
     import captioner.video
+    import densecap.video
+    import densecap.video.opening
 
     def no_frames(*args, **kwargs):
         raise AssertionError("summarize must not read video frames")
 
-    for name in ("open_video", "open_clip", "probe_video"):
-        monkeypatch.setattr(captioner.video, name, no_frames)
+    for module in (captioner.video, densecap.video, densecap.video.opening):
+        for name in ("open_video", "open_clip", "probe_video"):
+            monkeypatch.setattr(module, name, no_frames)
     out = tmp_path / "clip.json"
     src = samples_dir / "cockatoo.diffsw.json"
     result = CliRunner().invoke(

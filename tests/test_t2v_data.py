@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from captioner.export import export_dataset
 from captioner.record import ClipRange, load_record
 from captioner.shards import JsonlAppender
-from captioner.video import VideoInfo
+from densecap.video import VideoInfo
 from t2v.buckets import BucketBatchSampler, SampleRef, SamplerError, choose_bucket, sampled_capacity, window_starts
 from t2v.data import (
     DataConfig,

@@ -1,4 +1,4 @@
-"""captioner.video: metadata, frame reading, backend routing and failures, on real files."""
+"""densecap.video (captioner.video): metadata, frame reading, backend routing and failures, on real files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from captioner.errors import VideoError
-from captioner.video import VideoInfo, open_video, output_size_for, probe_video
+from densecap.video import VideoInfo, open_video, output_size_for, probe_video
 
 
 def reference_frames(path) -> tuple[list[np.ndarray], list[float]]:
@@ -80,7 +80,7 @@ def test_keyframes_that_need_the_first_frame_are_read_with_a_primed_decoder(samp
     around only once it knows it). One seek on a fresh decoder tells (auto mode then goes straight
     to PyAV); the PyAV reader primes its decoder with the first frame before it seeks, and every
     frame equals a plain full decode: sparse, dense, in the last keyframe group."""
-    from captioner.video import _AVSource
+    from densecap.video.avsource import _AVSource
 
     for path, clean in ((samples_dir / "cockatoo.mp4", False), (media["multiscene"], True)):
         src = _AVSource(str(path), 2)
@@ -108,7 +108,7 @@ def test_keyframes_corrupt_even_for_a_primed_decoder_are_read_in_forward_passes(
     first keyframe group, whose decoding would prime the decoder by itself), the read sees corrupt
     frames after its seeks, reads again in one pass from the start, and so does every later read:
     the frames are exact."""
-    from captioner.video import _AVSource
+    from densecap.video.avsource import _AVSource
 
     monkeypatch.setattr(_AVSource, "prime", lambda self: setattr(self, "_primed", True))
     path = samples_dir / "cockatoo.mp4"
@@ -137,7 +137,7 @@ def test_unclean_file_with_a_broken_tail_reads_with_stand_ins(samples_dir, tmp_p
             f.write(b"\xff" * size)
     ref, ref_times = reference_frames(path)  # what does decode
     by_time = {round(t, 3): f for t, f in zip(ref_times, ref)}
-    with caplog.at_level("WARNING", logger="captioner.video"), open_video(path) as r:
+    with caplog.at_level("WARNING", logger="densecap.video"), open_video(path) as r:
         assert r.num_frames == 280
         times = [round(t, 3) for t in r.frame_times(range(280))]
         broken = [i for i, t in enumerate(times) if t not in by_time]
@@ -276,7 +276,7 @@ def test_decord_does_no_work_between_reads(tmp_path):
 def test_auto_sends_big_files_to_pyav(media, monkeypatch):
     """decord's read-ahead is bounded only by the end of the file: auto mode leaves files above
     DECORD_MAX_BYTES to PyAV (whose memory does not depend on the file)."""
-    import captioner.video as V
+    import densecap.video.settings as V
 
     ref, _ = reference_frames(media["multiscene"])
     size = media["multiscene"].stat().st_size
@@ -466,7 +466,8 @@ def test_over_reported_frame_count_is_trimmed(media):
 
 
 def test_works_with_only_one_backend_installed(media, samples_dir, monkeypatch):
-    import captioner.video as V
+    import densecap.video.avsource as V
+    import densecap.video.decord_reader as D
 
     ref, _ = reference_frames(media["multiscene"])
     monkeypatch.setattr(V, "_import_av", lambda: None)  # a decord-only install
@@ -478,7 +479,7 @@ def test_works_with_only_one_backend_installed(media, samples_dir, monkeypatch):
     with pytest.raises(VideoError, match="newtonscradle.gif"):
         open_video(samples_dir / "newtonscradle.gif")
     monkeypatch.undo()
-    monkeypatch.setattr(V, "_import_decord", lambda: None)  # a PyAV-only install
+    monkeypatch.setattr(D, "_import_decord", lambda: None)  # a PyAV-only install
     with open_video(media["multiscene"]) as r:
         assert r.backend == "pyav"
         assert mad(r.read_indices([50])[0], ref[50]) < 1.0

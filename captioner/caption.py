@@ -10,7 +10,6 @@ The work splits in two halves that corpus runs put in different processes:
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,16 +256,7 @@ class VideoCaptioner:
             stats["candidates"] = kf.candidates
         return CaptionRecord(
             mode=self.config.mode,
-            video=VideoMeta(
-                path=os.path.abspath(prepared.path),  # readable from any working directory
-                size_bytes=info.size_bytes,
-                fps=info.fps,
-                num_frames=info.num_frames,
-                duration=info.duration,
-                width=info.width,
-                height=info.height,
-                codec=info.codec,
-            ),
+            video=VideoMeta.from_info(info, path=prepared.path),
             clip=None if prepared.clip_range is None else ClipRange(start=prepared.clip_range[0], end=prepared.clip_range[1]),
             keyframes=keyframes,
             first_caption=first,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from densecap.config import StrictModel
+from densecap.devices import resolve_device, resolve_dtype
 from densecap.errors import ConfigError
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
     "ClipEncoder",
     "EncoderConfig",
     "build_encoder",
-    "resolve_device",
-    "resolve_dtype",
 ]
 
 
@@ -245,27 +244,6 @@ class PixelEncoder(ImageEncoder):
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "mps":
-            return torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-
-
 class ClipEncoder(ImageEncoder):
     """A CLIP/SigLIP-style vision tower from ``from_pretrained`` (hub id, local directory, or
     ``tiny://clip`` for the offline tiny random CLIP).
@@ -297,7 +275,7 @@ class ClipEncoder(ImageEncoder):
         self.model_id = resolve_model_ref(self.model_ref)
         self.feature = feature
         self.batch_size = int(batch_size)
-        self.device = resolve_device(device)
+        self.device = torch.device(resolve_device(device))
         self.dtype = resolve_dtype(dtype, self.device)
         try:
             config = AutoConfig.from_pretrained(self.model_id, trust_remote_code=False)

@@ -263,6 +263,33 @@ def export_dataset(
     ``resummarize``: needed for ``caption="resummary"`` (e.g. a :class:`captioner.resummary.Resummarizer`).
     """
     formats = parse_formats(formats)
+    mode, needs_files = _check_options(caption, formats, videos, resummarize, start, end)
+    out = check_output_dir(out_dir)
+
+    records = read_source_records(source)
+    result = ExportResult(out_dir=out, records=len(records))
+    records, result.skipped["duplicate"] = _dedupe(records)
+    if caption == "resummary":
+        texts = _resummary_texts(records, resummarize, resummary_version, start, end, result)
+    else:
+        texts = _record_texts(records, caption)
+    items = _export_items(texts, caption, result)
+    items = _reach_videos(items, out, mode, needs_files, result)
+    if not items:
+        raise CaptionerError(
+            f"{source}: nothing to export: all {result.records} records were skipped ({describe_skips(result)})"
+        )
+    result.exported = len(items)
+    result.videos = len({it.video for it in items})
+    _write_files(items, out, formats, result)
+    return result
+
+
+def _check_options(
+    caption: str, formats: list[str], videos: VideoMode | None, resummarize: ResummaryFn | None,
+    start: float | None, end: float | None,
+) -> tuple[VideoMode, bool]:
+    """The videos mode, and whether a format names video files; errors for options that do not go together."""
     if caption not in CAPTION_KINDS:
         raise CaptionerError(f"unknown caption choice {caption!r}; choose from {', '.join(CAPTION_KINDS)}")
     if caption != "resummary" and (start is not None or end is not None):
@@ -276,49 +303,63 @@ def export_dataset(
     mode: VideoMode = videos or ("link" if needs_files else "none")
     if mode not in VIDEO_MODES:
         raise CaptionerError(f"unknown videos mode {mode!r}; choose from {', '.join(VIDEO_MODES)}")
-    out = check_output_dir(out_dir)
+    return mode, needs_files
 
-    records = read_source_records(source)
-    result = ExportResult(out_dir=out, records=len(records))
-    records, result.skipped["duplicate"] = _dedupe(records)
 
-    # -- captions ------------------------------------------------------------------------------
-    texts: list[tuple[SourceRecord, str, float | None, float | None, str]] = []  # (src, text, start, end, version)
-    if caption == "resummary":
-        todo: list[tuple[SourceRecord, float, float]] = []
-        for s in records:
-            r = s.record
-            duration = float(r.video.duration)
-            lo = 0.0 if start is None else float(start)
-            hi = duration if end is None else min(float(end), duration)
-            if r.first_caption is None:  # a grid-mode record: nothing to re-summarise from
-                result.skipped["no_diff_captions"] += 1
-                continue
-            if lo >= hi:
-                result.skipped["out_of_range"] += 1
-                continue
-            todo.append((s, lo, hi))
-        done = list(resummarize([(s.record, lo, hi) for s, lo, hi in todo], [f"{s.file}:{s.line}" for s, _, _ in todo])) if todo else []
-        for (s, lo, hi), summary in zip(todo, done):
-            clip = s.record.clip
-            if start is None and end is None:  # the record's whole range
-                span = (None, None) if clip is None else (clip.start, clip.end)
-            else:
-                offset = clip.start if clip is not None else 0.0
-                span = (offset + lo, offset + hi)
-            version = getattr(summary, "prompt_version", None) or resummary_version or "resummary"
-            text = getattr(summary, "summary", summary)
-            texts.append((s, str(text), span[0], span[1], version))
-    else:
-        for s in records:
-            r = s.record
-            if caption == "summary":
-                text = r.summary
-            else:
-                text = r.first_caption.text if r.first_caption is not None else ""
-            clip = r.clip
-            texts.append((s, text, None if clip is None else clip.start, None if clip is None else clip.end, r.prompt_version))
+# (record, caption text, start, end, prompt version) of each record to export, before the empty ones are skipped
+_Text = tuple[SourceRecord, str, float | None, float | None, str]
 
+
+def _record_texts(records: list[SourceRecord], caption: str) -> list[_Text]:
+    """Each record's own caption: its summary, or its first frame caption."""
+    texts: list[_Text] = []
+    for s in records:
+        r = s.record
+        if caption == "summary":
+            text = r.summary
+        else:
+            text = r.first_caption.text if r.first_caption is not None else ""
+        clip = r.clip
+        texts.append((s, text, None if clip is None else clip.start, None if clip is None else clip.end, r.prompt_version))
+    return texts
+
+
+def _resummary_texts(
+    records: list[SourceRecord], resummarize: ResummaryFn, resummary_version: str | None,
+    start: float | None, end: float | None, result: ExportResult,
+) -> list[_Text]:
+    """A new caption of ``[start, end]`` of each record (record time, clipped to its duration; the whole
+    record when not given), written by ``resummarize``; records it cannot cover are counted as skipped."""
+    todo: list[tuple[SourceRecord, float, float]] = []
+    for s in records:
+        r = s.record
+        duration = float(r.video.duration)
+        lo = 0.0 if start is None else float(start)
+        hi = duration if end is None else min(float(end), duration)
+        if r.first_caption is None:  # a grid-mode record: nothing to re-summarise from
+            result.skipped["no_diff_captions"] += 1
+            continue
+        if lo >= hi:
+            result.skipped["out_of_range"] += 1
+            continue
+        todo.append((s, lo, hi))
+    done = list(resummarize([(s.record, lo, hi) for s, lo, hi in todo], [f"{s.file}:{s.line}" for s, _, _ in todo])) if todo else []
+    texts: list[_Text] = []
+    for (s, lo, hi), summary in zip(todo, done):
+        clip = s.record.clip
+        if start is None and end is None:  # the record's whole range
+            span = (None, None) if clip is None else (clip.start, clip.end)
+        else:
+            offset = clip.start if clip is not None else 0.0
+            span = (offset + lo, offset + hi)
+        version = getattr(summary, "prompt_version", None) or resummary_version or "resummary"
+        text = getattr(summary, "summary", summary)
+        texts.append((s, str(text), span[0], span[1], version))
+    return texts
+
+
+def _export_items(texts: list[_Text], caption: str, result: ExportResult) -> list[ExportItem]:
+    """One item per non-empty caption (empty ones are counted as skipped)."""
     items: list[ExportItem] = []
     for s, text, lo, hi, version in texts:
         text = text.strip()
@@ -334,8 +375,14 @@ def export_dataset(
                 source=_source_info(s, caption, version),
             )
         )
+    return items
 
-    # -- videos --------------------------------------------------------------------------------
+
+def _reach_videos(
+    items: list[ExportItem], out: Path, mode: VideoMode, needs_files: bool, result: ExportResult
+) -> list[ExportItem]:
+    """Give each item its ``file_name`` when a format needs one: the video linked or copied under
+    ``videos/`` (items whose video is missing are dropped), or its path relative to ``out`` (``"none"``)."""
     if needs_files and mode != "none":
         present = [it for it in items if os.path.isfile(it.video)]
         result.skipped["missing_video"] = len(items) - len(present)
@@ -348,15 +395,11 @@ def export_dataset(
     elif needs_files:
         for it in items:
             it.file_name = _relative_to(it.video, out) or it.video
+    return items
 
-    if not items:
-        raise CaptionerError(
-            f"{source}: nothing to export: all {result.records} records were skipped ({describe_skips(result)})"
-        )
-    result.exported = len(items)
-    result.videos = len({it.video for it in items})
 
-    # -- files ---------------------------------------------------------------------------------
+def _write_files(items: list[ExportItem], out: Path, formats: list[str], result: ExportResult) -> None:
+    """Write the dataset files of ``formats`` (atomically), recording them in ``result``."""
     out.mkdir(parents=True, exist_ok=True)
     if "jsonl" in formats:
         rows = ({"video": it.video, "start": it.start, "end": it.end, "caption": it.caption, "source": it.source} for it in items)
@@ -370,7 +413,6 @@ def export_dataset(
         result.files.append(_write(out / "prompts.txt", "".join(collapse(it.caption) + "\n" for it in items)))
         result.files.append(_write(out / "videos.txt", "".join(f"{it.file_name}\n" for it in items)))
         result.clip_ranges_in_prompts_txt = sum(1 for it in items if it.start is not None or it.end is not None)
-    return result
 
 
 def _write(path: Path, text: str) -> Path:

@@ -105,7 +105,7 @@ def greedy_dedup(
     x = embeddings if embeddings.dtype in (torch.float32, torch.float64) else embeddings.float()
     if threshold == _NEG_INF:  # every finite similarity clashes; -inf marks "no such pair" below
         threshold = float(torch.finfo(x.dtype).min)
-    n, d = x.shape
+    n = x.shape[0]
     device = x.device
     keep = torch.zeros(n, dtype=torch.bool, device=device)
     dup_of = torch.full((n,), -1, dtype=torch.long, device=device)
@@ -115,41 +115,88 @@ def greedy_dedup(
     if not bool(torch.isfinite(x).all()):
         raise ValueError("embeddings contain NaN or infinite values")
 
-    capacity = min(n, max(1024, 2 * block_size))
-    kept_emb = torch.empty((capacity, d), dtype=x.dtype, device=device)
-    kept_idx = torch.empty(capacity, dtype=torch.long, device=device)
-    n_kept = 0
-    bs = min(block_size, n)
-    upper = torch.ones((bs, bs), dtype=torch.bool, device=device).triu()  # diagonal and above
-    # Reused output buffers: a fresh large tensor per product would pay page faults every time.
-    gram_buf = torch.empty(bs * bs, dtype=x.dtype, device=device)
-    tile_buf = torch.empty(max(_MAX_TILE, bs), dtype=x.dtype, device=device)
-
+    kept = _KeptRows(x, block_size)
+    blocks = _BlockWork(x, block_size)
     for b0 in range(0, n, block_size):
         b1 = min(n, b0 + block_size)
         xb = x[b0:b1]
-        m = b1 - b0
+        prev_max, prev_arg = kept.nearest(xb, blocks.tile_buf)  # 1. against every row kept before this block
+        block_keep, row_best, row_arg = blocks.resolve(xb, b0, prev_max, prev_arg, threshold)  # 2. and 3.
+        keep[b0:b1] = block_keep
+        dup_of[b0:b1] = torch.where(block_keep, torch.full_like(row_arg, -1), row_arg)
+        best[b0:b1] = torch.where(torch.isinf(row_best), torch.full_like(row_best, float("nan")), row_best)
+        kept.append(xb, block_keep, b0)  # 4. the block's kept rows
 
-        # 1. Against every row kept before this block.
-        prev_max = torch.full((m,), _NEG_INF, dtype=x.dtype, device=device)
-        prev_arg = torch.full((m,), -1, dtype=torch.long, device=device)
-        if n_kept:
-            tile = max(1, _MAX_TILE // m)
-            for k0 in range(0, n_kept, tile):
-                k1 = min(n_kept, k0 + tile)
-                sims = tile_buf[: m * (k1 - k0)].view(m, k1 - k0)
-                torch.mm(xb, kept_emb[k0:k1].t(), out=sims)
-                tmax, targ = sims.max(1)
-                better = tmax > prev_max  # strict: an earlier kept row wins a tie
-                prev_max = torch.where(better, tmax, prev_max)
-                prev_arg = torch.where(better, targ + k0, prev_arg)
-            prev_arg = torch.where(prev_arg >= 0, kept_idx[prev_arg.clamp_min(0)], prev_arg)
+    return keep.cpu(), dup_of.cpu(), best.float().cpu()
 
+
+class _KeptRows:
+    """The rows kept so far (embeddings and indices) in a preallocated buffer that doubles when full."""
+
+    def __init__(self, x: torch.Tensor, block_size: int):
+        n, d = x.shape
+        self.limit = n
+        self.capacity = min(n, max(1024, 2 * block_size))
+        self.emb = torch.empty((self.capacity, d), dtype=x.dtype, device=x.device)
+        self.idx = torch.empty(self.capacity, dtype=torch.long, device=x.device)
+        self.count = 0
+
+    def nearest(self, xb: torch.Tensor, tile_buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's highest similarity to a kept row (-inf when none) and that row's index (-1 when
+        none; the lowest index on a tie), with products tiled over the kept rows."""
+        m = xb.shape[0]
+        prev_max = torch.full((m,), _NEG_INF, dtype=xb.dtype, device=xb.device)
+        prev_arg = torch.full((m,), -1, dtype=torch.long, device=xb.device)
+        if not self.count:
+            return prev_max, prev_arg
+        tile = max(1, _MAX_TILE // m)
+        for k0 in range(0, self.count, tile):
+            k1 = min(self.count, k0 + tile)
+            sims = tile_buf[: m * (k1 - k0)].view(m, k1 - k0)
+            torch.mm(xb, self.emb[k0:k1].t(), out=sims)
+            tmax, targ = sims.max(1)
+            better = tmax > prev_max  # strict: an earlier kept row wins a tie
+            prev_max = torch.where(better, tmax, prev_max)
+            prev_arg = torch.where(better, targ + k0, prev_arg)
+        prev_arg = torch.where(prev_arg >= 0, self.idx[prev_arg.clamp_min(0)], prev_arg)
+        return prev_max, prev_arg
+
+    def append(self, xb: torch.Tensor, block_keep: torch.Tensor, b0: int) -> None:
+        """Add the rows of the block starting at row ``b0`` that ``block_keep`` marks."""
+        new = torch.nonzero(block_keep).flatten()
+        k = int(new.numel())
+        if not k:
+            return
+        if self.count + k > self.capacity:
+            self.capacity = min(self.limit, max(2 * self.capacity, self.count + k))
+            self.emb = _grow(self.emb, self.capacity)
+            self.idx = _grow(self.idx, self.capacity)
+        self.emb[self.count : self.count + k] = xb[new]
+        self.idx[self.count : self.count + k] = new + b0
+        self.count += k
+
+
+class _BlockWork:
+    """Buffers reused from block to block (a fresh large tensor per product would pay page faults every
+    time), and the decisions inside one block."""
+
+    def __init__(self, x: torch.Tensor, block_size: int):
+        bs = min(block_size, x.shape[0])
+        self.upper = torch.ones((bs, bs), dtype=torch.bool, device=x.device).triu()  # diagonal and above
+        self.gram_buf = torch.empty(bs * bs, dtype=x.dtype, device=x.device)
+        self.tile_buf = torch.empty(max(_MAX_TILE, bs), dtype=x.dtype, device=x.device)
+
+    def resolve(
+        self, xb: torch.Tensor, b0: int, prev_max: torch.Tensor, prev_arg: torch.Tensor, threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(block_keep, row_best, row_arg)`` of the block starting at row ``b0``: which rows are kept,
+        and each row's highest similarity to a kept row before it and that row's index."""
+        m = xb.shape[0]
         # 2. Inside the block: rows that survived step 1, in order. gram[r, j] is kept only for
         #    j < r (the rest set to -inf in place), so clash[r, j] means "j before r clashes with r".
-        gram = gram_buf[: m * m].view(m, m)
+        gram = self.gram_buf[: m * m].view(m, m)
         torch.mm(xb, xb.t(), out=gram)
-        gram.masked_fill_(upper[:m, :m], _NEG_INF)
+        gram.masked_fill_(self.upper[:m, :m], _NEG_INF)
         clash = gram >= threshold
         cand = prev_max < threshold
         if not bool(cand.all()):
@@ -164,24 +211,7 @@ def greedy_dedup(
         use_in = in_max > prev_max  # strict: rows kept before the block have lower indices
         row_best = torch.where(use_in, in_max, prev_max)
         row_arg = torch.where(use_in, in_arg + b0, prev_arg)
-
-        keep[b0:b1] = block_keep
-        dup_of[b0:b1] = torch.where(block_keep, torch.full_like(row_arg, -1), row_arg)
-        best[b0:b1] = torch.where(torch.isinf(row_best), torch.full_like(row_best, float("nan")), row_best)
-
-        # 4. Append the block's kept rows.
-        new = torch.nonzero(block_keep).flatten()
-        k = int(new.numel())
-        if k:
-            if n_kept + k > capacity:
-                capacity = min(n, max(2 * capacity, n_kept + k))
-                kept_emb = _grow(kept_emb, capacity)
-                kept_idx = _grow(kept_idx, capacity)
-            kept_emb[n_kept : n_kept + k] = xb[new]
-            kept_idx[n_kept : n_kept + k] = new + b0
-            n_kept += k
-
-    return keep.cpu(), dup_of.cpu(), best.float().cpu()
+        return block_keep, row_best, row_arg
 
 
 def _grow(t: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ like any hub checkpoint, in a second:
 * the weights are copied into a model built from the GGUF's config without its quantization entry;
 * the folder is built in a temporary sibling and moved into place when complete
   (:func:`captioner.tiny.build_atomically`), under ``$DENSECAP_REAL_DIR`` or ``<tiny-model folder>/real``
-  (:func:`captioner.modelrefs.real_dir`), and reused while its marker matches the builder's version and
+  (:func:`densecap.modelrefs.real_dir`), and reused while its marker matches the builder's version and
   the GGUF file (name, size, package version);
 * the same GGUF gives byte-identical files (no randomness: every tensor comes from the file).
 
@@ -131,7 +131,7 @@ def _package_folder(model: RealModel) -> Path | None:
 
 def real_available(name: str = "smollm2") -> bool:
     """True when ``real://NAME`` can be built here (or is already built in the real-model folder)."""
-    from captioner.modelrefs import real_dir
+    from densecap.modelrefs import real_dir
 
     return not missing_packages(name) or is_real_complete(real_dir() / name)
 
@@ -241,8 +241,8 @@ def build_real(out_dir: Path, name: str = "smollm2", *, force: bool = False) -> 
 
 def make_real(out_dir: Path | None = None, names: list[str] | None = None, *, force: bool = False) -> dict[str, Path]:
     """Build the real models (default: all of :data:`REAL_MODELS`) under ``out_dir/NAME`` (default: the
-    real-model folder, :func:`captioner.modelrefs.real_dir`); returns ``{name: path}``."""
-    from captioner.modelrefs import real_dir
+    real-model folder, :func:`densecap.modelrefs.real_dir`); returns ``{name: path}``."""
+    from densecap.modelrefs import real_dir
 
     root = Path(out_dir).expanduser() if out_dir is not None else real_dir()
     return {n: build_real(root / n, n, force=force) for n in (names or list(REAL_MODELS))}
@@ -251,7 +251,7 @@ def make_real(out_dir: Path | None = None, names: list[str] | None = None, *, fo
 def resolve_real(name: str) -> Path:
     """The folder of ``real://NAME``: built on first use; a folder built earlier is used even where the
     packages have since been removed (then it cannot be checked against the GGUF)."""
-    from captioner.modelrefs import real_dir
+    from densecap.modelrefs import real_dir
 
     _get(name)
     path = (real_dir() / name).resolve()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from densecap.checkpoints import checkpoint_problem, pick_checkpoint  # noqa: F401  (kept importable here)
 from densecap.errors import CaptionerError
 from densecap.files import (  # noqa: F401  (kept importable here)
     OutputLock,
@@ -34,6 +34,9 @@ class _Model(BaseModel):
 
 
 class VideoMeta(_Model):
+    """The video of a record: the reader's :class:`~densecap.video.VideoInfo` as stored (without the
+    decoder that read it, which does not change the captions), the path absolute."""
+
     path: str
     size_bytes: int
     fps: float
@@ -42,6 +45,14 @@ class VideoMeta(_Model):
     width: int
     height: int
     codec: str | None = None
+
+    @classmethod
+    def from_info(cls, info: Any, path: str | None = None) -> "VideoMeta":
+        """From a reader's ``VideoInfo`` (every field of this model, read by name); ``path`` instead of
+        the info's when given."""
+        data = {name: getattr(info, name) for name in cls.model_fields}
+        data["path"] = os.path.abspath(path or data["path"])  # readable from any working directory
+        return cls(**data)
 
 
 class ClipRange(_Model):

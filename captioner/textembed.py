@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from captioner.encoders import _transformers_quiet, resolve_device, resolve_dtype
+from captioner.encoders import _transformers_quiet
+from densecap.devices import resolve_device, resolve_dtype
 from densecap.config import StrictModel
 from densecap.errors import ConfigError
 
@@ -133,7 +134,7 @@ class TextEmbedder:
         self.cfg = cfg = cfg or TextEmbedderConfig()
         self.model_ref = cfg.model
         self.model_id, local = resolve_text_model(cfg.model)
-        self.device = resolve_device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.pooling = _read_pooling(self.model_id, local) if cfg.pooling == "auto" else [cfg.pooling]
         try:

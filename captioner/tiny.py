@@ -251,6 +251,85 @@ def _seeded(seed: int):
 # builders
 
 
+def _tiny_vlm_config(tokenizer):
+    """The tiny Qwen2.5-VL's config: the special tokens' ids come from ``tokenizer``."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = _special_ids(tokenizer)
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids[_ENDOFTEXT],
+            "eos_token_id": ids[_IM_END],
+            "pad_token_id": ids[_ENDOFTEXT],
+            "use_sliding_window": False,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "out_hidden_size": 64,
+            "fullatt_block_indexes": [0],
+            "tokens_per_second": 2,
+        },
+        image_token_id=ids[_IMAGE_PAD],
+        video_token_id=ids[_VIDEO_PAD],
+        vision_start_token_id=ids[_VISION_START],
+        vision_end_token_id=ids[_VISION_END],
+        tie_word_embeddings=False,
+    )
+
+
+def _write_vlm_processor(d: Path) -> None:
+    """The image processor and processor config of the tiny VLM (images 56..112 px a side)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    image_dict = image_processor.to_dict()
+    image_dict["image_processor_type"] = "Qwen2VLImageProcessor"
+    # Written by hand: the Qwen2.5-VL processor object cannot be built (so cannot save itself)
+    # where torchvision, which its video processor needs, is missing. Where torchvision exists,
+    # AutoProcessor builds the video processor from this entry.
+    video_dict = {
+        "video_processor_type": "Qwen2VLVideoProcessor",
+        "size": {"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "min_frames": 2,
+        "max_frames": 16,
+        "do_sample_frames": False,
+        "image_mean": list(image_dict.get("image_mean", [0.48145466, 0.4578275, 0.40821073])),
+        "image_std": list(image_dict.get("image_std", [0.26862954, 0.26130258, 0.27577711])),
+    }
+    processor_dict = {
+        "processor_class": "Qwen2_5_VLProcessor",
+        "image_processor": image_dict,
+        "video_processor": video_dict,
+    }
+    (d / "processor_config.json").write_text(json.dumps(processor_dict, indent=2, sort_keys=True) + "\n")
+    (d / "chat_template.jinja").write_text(VLM_CHAT_TEMPLATE, encoding="utf-8")
+
+
 def build_tiny_vlm(out_dir: Path, seed: int = 0) -> Path:
     """Build a tiny Qwen2.5-VL (model, tokenizer, image processor, chat template) in ``out_dir``.
 
@@ -260,85 +339,17 @@ def build_tiny_vlm(out_dir: Path, seed: int = 0) -> Path:
 
     def fill(d: Path) -> None:
         import torch
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-            Qwen2VLImageProcessorPil,
-        )
+        from transformers import Qwen2_5_VLForConditionalGeneration
 
         tokenizer = _train_tokenizer(VLM_CHAT_TEMPLATE)
-        ids = _special_ids(tokenizer)
-        config = Qwen2_5_VLConfig(
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "max_position_embeddings": 4096,
-                "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-                "bos_token_id": ids[_ENDOFTEXT],
-                "eos_token_id": ids[_IM_END],
-                "pad_token_id": ids[_ENDOFTEXT],
-                "use_sliding_window": False,
-            },
-            vision_config={
-                "depth": 1,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_heads": 2,
-                "patch_size": 14,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "window_size": 112,
-                "out_hidden_size": 64,
-                "fullatt_block_indexes": [0],
-                "tokens_per_second": 2,
-            },
-            image_token_id=ids[_IMAGE_PAD],
-            video_token_id=ids[_VIDEO_PAD],
-            vision_start_token_id=ids[_VISION_START],
-            vision_end_token_id=ids[_VISION_END],
-            tie_word_embeddings=False,
-        )
         with _seeded(seed):
-            model = Qwen2_5_VLForConditionalGeneration(config)
+            model = Qwen2_5_VLForConditionalGeneration(_tiny_vlm_config(tokenizer))
         model = model.to(torch.float32).eval()
         _calm_special_logits(model, tokenizer)
         model.generation_config = _generation_config(tokenizer)
         model.save_pretrained(d)
-
         tokenizer.save_pretrained(d)
-        image_processor = Qwen2VLImageProcessorPil(
-            size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
-            patch_size=14,
-            temporal_patch_size=2,
-            merge_size=2,
-        )
-        image_dict = image_processor.to_dict()
-        image_dict["image_processor_type"] = "Qwen2VLImageProcessor"
-        # Written by hand: the Qwen2.5-VL processor object cannot be built (so cannot save itself)
-        # where torchvision, which its video processor needs, is missing. Where torchvision exists,
-        # AutoProcessor builds the video processor from this entry.
-        video_dict = {
-            "video_processor_type": "Qwen2VLVideoProcessor",
-            "size": {"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
-            "patch_size": 14,
-            "temporal_patch_size": 2,
-            "merge_size": 2,
-            "min_frames": 2,
-            "max_frames": 16,
-            "do_sample_frames": False,
-            "image_mean": list(image_dict.get("image_mean", [0.48145466, 0.4578275, 0.40821073])),
-            "image_std": list(image_dict.get("image_std", [0.26862954, 0.26130258, 0.27577711])),
-        }
-        processor_dict = {
-            "processor_class": "Qwen2_5_VLProcessor",
-            "image_processor": image_dict,
-            "video_processor": video_dict,
-        }
-        (d / "processor_config.json").write_text(json.dumps(processor_dict, indent=2, sort_keys=True) + "\n")
-        (d / "chat_template.jinja").write_text(VLM_CHAT_TEMPLATE, encoding="utf-8")
+        _write_vlm_processor(d)
 
     return _build_atomically(out_dir, "vlm", seed, fill)
 

@@ -8,12 +8,13 @@ The checks create nothing: a command that fails them leaves no trace on disk.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from densecap.errors import CaptionerError
 
-__all__ = ["check_input", "check_input_file", "check_output_dir", "check_output_file", "write_failure", "write_or_keep"]
+__all__ = ["slugify", "check_input", "check_input_file", "check_output_dir", "check_output_file", "write_failure", "write_or_keep"]
 
 
 def _reason(exc: OSError) -> str:
@@ -112,3 +113,10 @@ def write_or_keep(path: str | os.PathLike, text: str, what: str = "output") -> P
             continue
         raise CaptionerError(f"{problem}; it was saved to {kept} instead")
     raise CaptionerError(f"{problem}, nor in the current or the temporary folder; the {what} is lost")
+
+
+def slugify(text: str, n: int = 40) -> str:
+    """A file-name-safe short form of ``text``: lower case, runs of other characters as ``-``, at most
+    ``n`` characters (``prompt`` when nothing is left)."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:n].strip("-") or "prompt"

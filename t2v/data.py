@@ -17,42 +17,53 @@ file that names them.
 (:func:`t2v.buckets.choose_bucket`), turns long clips into one or more samples, and drops and
 reports what cannot be used. Items are ``{"video": (C, F, H, W) float32 in [-1, 1], "caption", ...}``;
 batch them with :class:`t2v.buckets.BucketBatchSampler` and :func:`collate`.
+
+The parts live in :mod:`t2v.data_layouts` (reading the layouts), :mod:`t2v.sampling` (the
+settings, frame sampling, sample keys, resizing) and :mod:`t2v.sample_refs` (indexing and seeding);
+this module holds the dataset and re-exports their names, so ``from t2v.data import ...`` keeps
+working.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import logging
-import math
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
 
-from densecap.video import ClipView, VideoInfo, VideoReader, open_video
-from densecap.config import StrictModel
-from densecap.errors import CaptionerError, VideoError
-from densecap.files import read_utf8
+from densecap.errors import VideoError
+from densecap.video import VideoInfo, VideoReader, open_video
 from t2v.buckets import (
     Bucket,
     BucketBatchSampler,
     SampleRef,
     SamplerError,
     choose_bucket,
-    sampled_capacity,
     window_starts,
+)
+from t2v.data_layouts import (
+    LAYOUT_FILES,  # noqa: F401 -- re-exported
+    DataError,
+    SampleSpec,
+    read_samples,
+)
+from t2v.sample_refs import resolve_ref, seeded_rng
+from t2v.sampling import (
+    DEFAULT_SIZE,  # noqa: F401 -- re-exported
+    KEY_VERSION,  # noqa: F401 -- re-exported
+    DataConfig,
+    bucket_of,
+    clip_capacity,
+    clip_view,
+    decode_side,
+    frame_indices,
+    frames_to_tensor,
+    sample_key,
 )
 
 __all__ = [
@@ -61,373 +72,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SIZE = (480, 832)  # (height, width) of the default bucket
-LAYOUT_FILES = ("captions.jsonl", "metadata.csv", "metadata.jsonl", "prompts.txt + videos.txt")
-KEY_VERSION = 1  # bump when what sample_key() covers changes meaning
-
-
-class DataError(CaptionerError):
-    """A dataset file is missing or malformed, or no usable clip is left. The message names the
-    file (and line) or the cause."""
-
-
-# ----------------------------------------------------------------------------------------------
-# input layouts
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """One captioned clip as listed in the dataset files."""
-
-    video: str  # absolute path
-    start: float | None  # seconds of the source file; None: from the start
-    end: float | None  # None: to the end
-    caption: str
-    source: str  # "file:line" where it is listed
-
-
-def read_samples(path: str | os.PathLike, check_videos: bool = True) -> list[SampleSpec]:
-    """Every clip of a dataset: a ``captions.jsonl`` (or ``metadata.csv`` / ``metadata.jsonl`` /
-    ``prompts.txt``) file, or a folder holding one of the layouts (see the module doc).
-
-    ``check_videos``: raise when a listed video file does not exist (naming ``file:line``).
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"{p}: no such dataset file or folder")
-    if p.is_file():
-        if p.name in ("prompts.txt", "videos.txt"):
-            specs = _read_prompts(p.parent)
-        elif p.suffix == ".jsonl":
-            specs = _read_jsonl(p)
-        elif p.suffix == ".csv":
-            specs = _read_csv(p)
-        else:
-            raise DataError(f"{p}: not a dataset file I can read; expected one of {', '.join(LAYOUT_FILES)} "
-                            "or a folder holding one")
-    else:
-        specs = _read_folder(p)
-    if not specs:
-        raise DataError(f"{p}: lists no clips")
-    if check_videos:
-        missing = [s for s in specs if not os.path.isfile(s.video)]
-        if missing:
-            first = missing[0]
-            more = f" ({len(missing) - 1} more videos are missing)" if len(missing) > 1 else ""
-            raise DataError(f"{first.source}: video file not found: {first.video}{more}")
-    return specs
-
-
-def _read_folder(folder: Path) -> list[SampleSpec]:
-    if (folder / "captions.jsonl").is_file():
-        return _read_jsonl(folder / "captions.jsonl")
-    meta = [folder / n for n in ("metadata.csv", "metadata.jsonl") if (folder / n).is_file()]
-    if len(meta) > 1:
-        raise DataError(f"{folder}: holds both metadata.csv and metadata.jsonl; remove the stale one "
-                        "(or point at the file to use)")
-    if meta:
-        return _read_csv(meta[0]) if meta[0].suffix == ".csv" else _read_jsonl(meta[0])
-    prompts, videos = folder / "prompts.txt", folder / "videos.txt"
-    if prompts.is_file() or videos.is_file():
-        return _read_prompts(folder)
-    raise DataError(f"{folder}: no dataset found; looked for {', '.join(LAYOUT_FILES)}")
-
-
-def _resolve(folder: Path, value: str) -> str:
-    return os.path.normpath(os.path.join(os.path.abspath(folder), os.path.expanduser(value)))
-
-
-def _as_time(value: Any, where: str, key: str) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        raise DataError(f"{where}: {key} must be a number of seconds or empty, got {value!r}")
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: {key} must be a number of seconds or empty, got {value!r}") from None
-    if not math.isfinite(t) or t < 0:
-        raise DataError(f"{where}: {key} must be a finite number of seconds >= 0, got {value!r}")
-    return t
-
-
-def _make_spec(folder: Path, row: dict[str, Any], where: str, columns_hint: str) -> SampleSpec:
-    video = row.get("video", row.get("file_name"))
-    if video is None:
-        raise DataError(f"{where}: missing column 'video' (or 'file_name'); {columns_hint}")
-    if not isinstance(video, str) or not video.strip():
-        raise DataError(f"{where}: empty video path")
-    if "caption" not in row:
-        raise DataError(f"{where}: missing column 'caption'; {columns_hint}")
-    caption = row["caption"]
-    if caption is None:
-        caption = ""
-    if not isinstance(caption, str):
-        raise DataError(f"{where}: caption must be text, got {type(caption).__name__}")
-    caption = caption.strip()
-    if not caption:
-        raise DataError(f"{where}: empty caption")
-    start = _as_time(row.get("start"), where, "start")
-    end = _as_time(row.get("end"), where, "end")
-    if end is not None and end <= (start or 0.0):
-        raise DataError(f"{where}: clip range {start or 0.0:g}..{end:g} s is empty (end must be after start)")
-    return SampleSpec(video=_resolve(folder, video.strip()), start=start, end=end, caption=caption, source=where)
-
-
-def _read_jsonl(path: Path) -> list[SampleSpec]:
-    out: list[SampleSpec] = []
-    hint = "each line needs 'video' (or 'file_name') and 'caption', optionally 'start'/'end'"
-    try:
-        text = read_utf8(path, DataError)  # a BOM is dropped; another encoding names the line and byte
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        out.append(_make_spec(path.parent, row, where, hint))
-    return out
-
-
-def _read_csv(path: Path) -> list[SampleSpec]:
-    out: list[SampleSpec] = []
-    try:
-        fh = io.StringIO(read_utf8(path, DataError), newline="")  # Excel's "CSV UTF-8" starts with a BOM
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        try:
-            header = reader.fieldnames
-            if not header:
-                raise DataError(f"{path}:1: no header row (expected columns file_name, caption[, start, end])")
-            hint = f"the header has {', '.join(header)}"
-            for name in ("caption",):
-                if name not in header:
-                    raise DataError(f"{path}:1: missing column '{name}'; {hint}")
-            if "file_name" not in header and "video" not in header:
-                raise DataError(f"{path}:1: missing column 'file_name'; {hint}")
-            line = reader.line_num + 1
-            for row in reader:
-                if None in row:
-                    raise DataError(f"{path}:{line}: more fields than the header's {len(header)} columns")
-                if any(v is None for v in row.values()):
-                    raise DataError(f"{path}:{line}: fewer fields than the header's {len(header)} columns")
-                out.append(_make_spec(path.parent, row, f"{path}:{line}", hint))
-                line = reader.line_num + 1
-        except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e})") from None
-    return out
-
-
-def _text_lines(path: Path) -> list[str]:
-    try:
-        lines = read_utf8(path, DataError).splitlines()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-    while lines and not lines[-1].strip():  # trailing blank lines are not entries
-        lines.pop()
-    return lines
-
-
-def _read_prompts(folder: Path) -> list[SampleSpec]:
-    prompts, videos = folder / "prompts.txt", folder / "videos.txt"
-    for have, need in ((prompts, videos), (videos, prompts)):
-        if have.is_file() and not need.is_file():
-            raise DataError(f"{need}: file not found ({have.name} needs it alongside, aligned line by line)")
-    plines, vlines = _text_lines(prompts), _text_lines(videos)
-    if len(plines) != len(vlines):
-        raise DataError(f"{prompts} has {len(plines)} lines but {videos} has {len(vlines)}: they must be "
-                        "aligned, one caption and one video per line")
-    out: list[SampleSpec] = []
-    for n, (caption, video) in enumerate(zip(plines, vlines), 1):
-        if not caption.strip():
-            raise DataError(f"{prompts}:{n}: empty caption")
-        if not video.strip():
-            raise DataError(f"{videos}:{n}: empty video path")
-        out.append(SampleSpec(video=_resolve(folder, video.strip()), start=None, end=None,
-                              caption=caption.strip(), source=f"{prompts}:{n}"))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# config
-
-
-class DataConfig(StrictModel):
-    """How clips become training samples."""
-
-    path: str = Field(description="dataset file or folder (see read_samples)")
-    num_frames: int = Field(49, ge=1, description="frames of the default bucket (when buckets is not given)")
-    fps: float | None = Field(None, gt=0, description="sample frames at this rate (seconds-based)")
-    stride: int | None = Field(None, ge=1, description="sample every k-th source frame")
-    buckets: list[tuple[int, int, int]] | None = Field(
-        None, description="(frames, height, width) shapes; default [(num_frames, 480, 832)]")
-    resize: Literal["cover_crop", "fit_pad"] = Field(
-        "cover_crop", description="cover_crop: scale to cover the bucket and crop; fit_pad: fit inside, pad black")
-    crop: Literal["center", "random"] = Field(
-        "center", description="where cover_crop crops; random: seeded by (seed, epoch, sample)")
-    long_clips: Literal["head", "uniform", "windows"] = Field(
-        "head", description="head: the first window; uniform: the bucket's frames spread over the whole clip; "
-                            "windows: up to max_windows_per_clip non-overlapping windows, spread over the clip")
-    max_windows_per_clip: int = Field(4, ge=1)
-    caption_dropout: float = Field(
-        0.0, ge=0.0, le=1.0, description="probability a caption is replaced by '' (seeded by seed, epoch, sample)")
-    video_backend: Literal["auto", "decord", "pyav"] = "auto"
-    seed: int = 0
-    probe_workers: int = Field(4, ge=1, description="threads probing videos while indexing")
-    reader_cache: int = Field(2, ge=0, description="open readers kept per worker (windows of one video)")
-
-    @field_validator("buckets")
-    @classmethod
-    def _check_buckets(cls, v: list[tuple[int, int, int]] | None) -> list[tuple[int, int, int]] | None:
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("give at least one bucket, or leave buckets out for the default")
-        for f, h, w in v:
-            if f < 1 or h < 2 or w < 2:
-                raise ValueError(f"bucket ({f}, {h}, {w}): frames must be >= 1 and height/width >= 2")
-        if len(set(v)) != len(v):
-            raise ValueError("buckets are listed twice")
-        return v
-
-    @model_validator(mode="after")
-    def _check_rate(self) -> DataConfig:
-        if self.fps is not None and self.stride is not None:
-            raise ValueError("give fps (resample to a frame rate) or stride (every k-th frame), not both")
-        if self.buckets is not None and "num_frames" in self.model_fields_set:
-            most = max(b[0] for b in self.buckets)
-            if self.num_frames != most:
-                raise ValueError(f"num_frames ({self.num_frames}) only sets the default bucket's frame count; "
-                                 f"with buckets given, frame counts come from them (the largest has {most}): "
-                                 "leave num_frames out")
-        return self
-
-    def bucket_list(self) -> list[Bucket]:
-        if self.buckets is None:
-            return [(self.num_frames, *DEFAULT_SIZE)]
-        return [tuple(b) for b in self.buckets]
-
-    def rate_text(self) -> str:
-        if self.fps is not None:
-            return f"{self.fps:g} fps"
-        if self.stride is not None and self.stride > 1:
-            return f"stride {self.stride}"
-        return "the source frame rate"
-
-    def need_text(self, frames: int) -> str:
-        """``17 frames at 8 fps = 2.1 s``: what a bucket needs of a clip."""
-        if self.fps is not None:
-            return f"{frames} frames at {self.fps:g} fps = {frames / self.fps:.1f} s"
-        if self.stride is not None and self.stride > 1:
-            return f"{frames} frames at stride {self.stride} = {(frames - 1) * self.stride + 1} source frames"
-        return f"{frames} frames at the source frame rate"
-
-
-def clip_capacity(info: VideoInfo, cfg: DataConfig) -> int:
-    """Frames the clip yields at the config's sampling rate."""
-    return sampled_capacity(info.num_frames, info.duration, cfg.fps, cfg.stride)
-
-
-def bucket_of(info: VideoInfo, cfg: DataConfig) -> Bucket | None:
-    """The bucket of a clip (its reader's ``info``), or None when it is too short for every bucket."""
-    return choose_bucket(info.width, info.height, clip_capacity(info, cfg), cfg.bucket_list())
-
-
-def frame_indices(reader: VideoReader, cfg: DataConfig, frames: int, window: int | None) -> list[int]:
-    """Indices (in ``reader``) of a sample's frames. ``window``: first sampled position (at the
-    sampling rate); None: ``frames`` spread evenly from the first to the last frame."""
-    n = reader.num_frames
-    if window is None:
-        if frames == 1:
-            return [0]
-        last = reader.frame_times([n - 1])[0]
-        return reader.index_at(np.linspace(0.0, last, frames).tolist())
-    if cfg.fps is not None:
-        return reader.index_at([(window + k) / cfg.fps for k in range(frames)])
-    step = cfg.stride or 1
-    return [(window + k) * step for k in range(frames)]
-
-
-def sample_key(spec: SampleSpec, window: int | None, cfg: DataConfig, bucket: Bucket | None = None) -> str:
-    """A stable key for a sample's video tensor (for cached latents): the video file (real path,
-    size, mtime), the clip range, the window, and the settings that shape the frames (sampling
-    rate, long-clip mode, resize/crop, the bucket, or all buckets when ``bucket`` is not given).
-    The caption is not part of it. 32 hex characters."""
-    try:
-        st = os.stat(spec.video)
-        size, mtime = st.st_size, st.st_mtime_ns
-    except OSError:
-        size, mtime = None, None
-    desc = {
-        "v": KEY_VERSION,
-        "video": os.path.realpath(spec.video), "size": size, "mtime_ns": mtime,
-        "start": spec.start, "end": spec.end, "window": window,
-        "fps": cfg.fps, "stride": cfg.stride, "long_clips": cfg.long_clips, "resize": cfg.resize,
-        "crop": cfg.crop, "backend": cfg.video_backend,
-        "bucket": list(bucket) if bucket is not None else None,
-        "buckets": None if bucket is not None else [list(b) for b in cfg.bucket_list()],
-    }
-    if cfg.crop == "random":
-        desc["seed"] = cfg.seed  # random crops depend on the seed (and epoch: cache with care)
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
-
-
-# ----------------------------------------------------------------------------------------------
-# frames -> tensor
-
-
-def decode_side(width: int, height: int, out_h: int, out_w: int, resize: str) -> int | None:
-    """The ``max_side`` to decode at so that resizing to the bucket only shrinks a little more (or
-    not at all); None: decode at the native size (the bucket is as large or larger)."""
-    s = max(out_h / height, out_w / width) if resize == "cover_crop" else min(out_h / height, out_w / width)
-    if s >= 1.0:
-        return None
-    side = int(math.ceil(max(width, height) * s)) + 2
-    side += side % 2
-    return side if side < max(width, height) else None
-
-
-def frames_to_tensor(frames: np.ndarray, out_h: int, out_w: int, resize: str,
-                     offset: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
-    """``(N, h, w, 3)`` uint8 -> ``(3, N, out_h, out_w)`` float32 in [-1, 1].
-
-    ``cover_crop``: scale to cover the bucket, then crop (``offset``: where the crop lies along the
-    spare height/width, 0..1; 0.5 = centre). ``fit_pad``: scale to fit inside, pad with black (-1).
-    """
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    if resize == "cover_crop":
-        s = max(out_h / h, out_w / w)
-        nh, nw = max(out_h, round(h * s)), max(out_w, round(w * s))
-    else:
-        s = min(out_h / h, out_w / w)
-        nh, nw = min(out_h, max(1, round(h * s))), min(out_w, max(1, round(w * s)))
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h or nw < w)
-    x = (x / 127.5 - 1.0).clamp_(-1.0, 1.0)
-    if resize == "cover_crop":
-        top = int(round((nh - out_h) * offset[0]))
-        left = int(round((nw - out_w) * offset[1]))
-        x = x[:, :, top:top + out_h, left:left + out_w]
-    else:
-        top, left = (out_h - nh) // 2, (out_w - nw) // 2
-        x = F.pad(x, (left, out_w - nw - left, top, out_h - nh - top), value=-1.0)
-    return x.permute(1, 0, 2, 3).contiguous()
-
-
-# ----------------------------------------------------------------------------------------------
-# dataset
 
 
 @dataclass(frozen=True)
@@ -447,10 +91,6 @@ class _Skip:
     source: str
     reason: str
     kind: str  # "unreadable" | "short"
-
-
-def _rng(*parts: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(p) % 2**64 for p in parts]))
 
 
 class VideoTextDataset(torch.utils.data.Dataset):
@@ -526,7 +166,7 @@ class VideoTextDataset(torch.utils.data.Dataset):
         return out
 
     def _samples_of(self, spec: SampleSpec, reader: VideoReader) -> list[Sample] | _Skip:
-        clip, offset = _view(reader, spec)
+        clip, offset = clip_view(reader, spec)
         info = clip.info
         cap = clip_capacity(info, self.cfg)
         bucket = choose_bucket(info.width, info.height, cap, self.buckets)
@@ -606,24 +246,17 @@ class VideoTextDataset(torch.utils.data.Dataset):
         if p <= 0.0:
             return caption
         e = self.epoch if epoch is None else epoch
-        return "" if p >= 1.0 or _rng(self.cfg.seed, e, i, 1).random() < p else caption
+        return "" if p >= 1.0 or seeded_rng(self.cfg.seed, e, i, 1).random() < p else caption
 
     def __getitem__(self, ref: int | SampleRef | tuple) -> dict[str, Any]:
-        if isinstance(ref, tuple):
-            i, epoch = int(ref[0]), int(ref[1])
-            step = int(ref[2]) if len(ref) > 2 else None
-        else:
-            i, epoch, step = int(ref), self.epoch, None
-        if not -len(self.samples) <= i < len(self.samples):
-            raise IndexError(f"sample {i} out of range ({len(self.samples)} samples)")
-        i %= len(self.samples)
+        i, epoch, step = resolve_ref(ref, len(self.samples), self.epoch)
         s = self.samples[i]
         nf, out_h, out_w = s.bucket
         side = decode_side(s.width, s.height, out_h, out_w, self.cfg.resize)
         reader = None
         try:
             reader = self._reader(s.spec.video, side)
-            clip, offset = _view(reader, s.spec)
+            clip, offset = clip_view(reader, s.spec)
             cap = clip_capacity(clip.info, self.cfg)
             if cap < (s.window or 0) + nf:
                 raise VideoError(s.spec.video, f"now yields {cap} frames, the sample needs {(s.window or 0) + nf} "
@@ -638,7 +271,7 @@ class VideoTextDataset(torch.utils.data.Dataset):
             if reader is not None and self.cfg.reader_cache <= 0:
                 reader.close()
         if self.cfg.crop == "random" and self.cfg.resize == "cover_crop":
-            off = tuple(_rng(self.cfg.seed, epoch, i, 2).random(2).tolist())
+            off = tuple(seeded_rng(self.cfg.seed, epoch, i, 2).random(2).tolist())
         else:
             off = (0.5, 0.5)
         video = frames_to_tensor(frames, out_h, out_w, self.cfg.resize, off)
@@ -693,14 +326,6 @@ class VideoTextDataset(torch.utils.data.Dataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
-
-
-def _view(reader: VideoReader, spec: SampleSpec) -> tuple[VideoReader, float]:
-    """The clip's range of ``reader`` and the source-file time of its first frame."""
-    if spec.start is None and spec.end is None:
-        return reader, 0.0
-    view = ClipView(reader, spec.start, spec.end)
-    return view, view.clip_start
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -147,12 +147,6 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the five steps into ``out_dir`` (see the module doc); returns where everything is."""
-    from captioner.corpus import RunConfig, run_corpus
-    from captioner.export import export_dataset
-    from densecap.config import load_config
-    from t2v.generate import generate_videos, load_generate_config
-    from t2v.train import load_train_config, train
-
     samples = samples_dir()
     clips = samples / "train"
     pairs = samples / "pairs.jsonl"
@@ -162,66 +156,14 @@ def run_demo(
     out = check_output_dir(Path(out_dir).expanduser().resolve())
     out.mkdir(parents=True, exist_ok=True)
     res = DemoResult(out_dir=out)
-    total = 5
-
-    def step(n: int, text: str) -> float:
-        echo(f"[{n}/{total}] {text}")
-        return time.perf_counter()
-
-    def done(name: str, t0: float, path: Path, note: str = "") -> None:
-        res.seconds[name] = round(time.perf_counter() - t0, 2)
-        res.outputs[name] = path
-        echo(f"      {res.seconds[name]:.1f} s -> {path}" + (f"  ({note})" if note else ""))
+    progress = _StepLog(res, echo, total=5)
 
     with _quiet():
-        # 1. DiffSW captions of the sample clips
-        t0 = step(1, f"captioning the {sum(1 for _ in clips.glob('*.mp4'))} clips of {clips} "
-                     "(keyframes, DiffSW with the tiny VLM, summary with the tiny LLM)")
-        run_cfg = load_config(RunConfig, _config("run", "tiny"), ["run.workers=1"])
-        summary = run_corpus(clips, run_cfg, out / "captions", progress=False)
-        if summary["failed"]:
-            raise CaptionerError(f"demo: {summary['failed']} clips failed to caption; see {out / 'captions' / 'errors.jsonl'}")
-        done("captions", t0, out / "captions" / "records",
-             f"{summary['captioned']} captioned, {summary['already_done']} already done")
-
-        # 2. training set
-        t0 = step(2, "exporting the caption records as a training set")
-        export = export_dataset(out / "captions", out / "dataset", formats=["jsonl"])
-        dataset = out / "dataset" / "captions.jsonl"
-        done("dataset", t0, dataset, f"{export.exported} clips")
-
-        # 3. LoRA
-        lora_file = out / "train" / "lora" / "pytorch_lora_weights.safetensors"
-        t0 = step(3, f"training a LoRA on the tiny Wan for {steps} steps")
-        if lora_file.is_file() and json.loads((out / "train" / "base_model.json").read_text())["model_id"]:
-            done("lora", t0, lora_file.parent, "already trained")
-        else:
-            train_cfg = load_train_config(_config("train", "tiny"), [
-                f"data.path={json.dumps(str(dataset))}", f"training.max_steps={steps}",
-                f"checkpoint.every={steps}", "validation.prompts=[]", "logging.log_with=[]",
-            ])
-            result = train(train_cfg, out / "train")
-            done("lora", t0, result.lora_dir, f"{result.global_step} steps")
-
-        # 4. prompt expansion
-        t0 = step(4, f"expanding the prompt {prompt!r}")
-        expansion, used = expand_step(prompt, out, expander=expander, echo=echo)
-        res.expansion, res.expander = expansion.to_dict(), used
-        expansion_file = out / "expansion.json"
-        write_json_atomic(expansion_file, json.dumps(res.expansion, indent=2, ensure_ascii=False) + "\n")
-        done("expansion", t0, expansion_file, f"{expansion.status}, {expansion.tokens}/{expansion.max_tokens} tokens")
-        if expansion.reason:
-            echo(f"      {expansion.reason}")
-        echo(f"      text for the video model: {expansion.text}")
-
-        # 5. video
-        t0 = step(5, "generating a video with the trained LoRA")
-        gen_cfg = load_generate_config(_config("generate", "tiny"), [
-            f"model.run={json.dumps(str(out / 'train'))}", f"out_dir={json.dumps(str(out / 'videos'))}",
-        ])
-        videos = generate_videos(gen_cfg, [prompt], expansions=[res.expansion])
-        res.video, res.sidecar = videos[0].path, videos[0].sidecar
-        done("video", t0, res.video, "already made" if videos[0].skipped else f"sidecar {res.sidecar.name}")
+        _caption_step(clips, out, progress)
+        dataset = _dataset_step(out, progress)
+        _lora_step(dataset, out, steps, progress)
+        _expansion_step(prompt, out, expander, progress)
+        _video_step(prompt, out, progress)
 
     summary_file = out / "demo.json"
     write_json_atomic(summary_file, json.dumps({
@@ -233,3 +175,96 @@ def run_demo(
     }, indent=2) + "\n")
     echo(f"done in {sum(res.seconds.values()):.1f} s; outputs listed in {summary_file}")
     return res
+
+
+@dataclass
+class _StepLog:
+    """The demo's step lines: ``start`` prints ``[n/total] text`` and returns the start time, ``done``
+    records the step's seconds and output in ``res`` and prints them."""
+
+    res: DemoResult
+    echo: Callable[[str], None]
+    total: int
+
+    def start(self, n: int, text: str) -> float:
+        self.echo(f"[{n}/{self.total}] {text}")
+        return time.perf_counter()
+
+    def done(self, name: str, t0: float, path: Path, note: str = "") -> None:
+        res = self.res
+        res.seconds[name] = round(time.perf_counter() - t0, 2)
+        res.outputs[name] = path
+        self.echo(f"      {res.seconds[name]:.1f} s -> {path}" + (f"  ({note})" if note else ""))
+
+
+def _caption_step(clips: Path, out: Path, progress: _StepLog) -> None:
+    """Step 1: DiffSW captions of the sample clips (``captioner run`` with the tiny preset)."""
+    from captioner.corpus import RunConfig, run_corpus
+    from densecap.config import load_config
+
+    t0 = progress.start(1, f"captioning the {sum(1 for _ in clips.glob('*.mp4'))} clips of {clips} "
+                           "(keyframes, DiffSW with the tiny VLM, summary with the tiny LLM)")
+    run_cfg = load_config(RunConfig, _config("run", "tiny"), ["run.workers=1"])
+    summary = run_corpus(clips, run_cfg, out / "captions", progress=False)
+    if summary["failed"]:
+        raise CaptionerError(f"demo: {summary['failed']} clips failed to caption; see {out / 'captions' / 'errors.jsonl'}")
+    progress.done("captions", t0, out / "captions" / "records",
+                  f"{summary['captioned']} captioned, {summary['already_done']} already done")
+
+
+def _dataset_step(out: Path, progress: _StepLog) -> Path:
+    """Step 2: the caption records exported as a training set; returns its ``captions.jsonl``."""
+    from captioner.export import export_dataset
+
+    t0 = progress.start(2, "exporting the caption records as a training set")
+    export = export_dataset(out / "captions", out / "dataset", formats=["jsonl"])
+    dataset = out / "dataset" / "captions.jsonl"
+    progress.done("dataset", t0, dataset, f"{export.exported} clips")
+    return dataset
+
+
+def _lora_step(dataset: Path, out: Path, train_steps: int, progress: _StepLog) -> None:
+    """Step 3: a LoRA of the tiny Wan trained on the set for ``train_steps`` steps (kept when already
+    trained)."""
+    from t2v.train import load_train_config, train
+
+    lora_file = out / "train" / "lora" / "pytorch_lora_weights.safetensors"
+    t0 = progress.start(3, f"training a LoRA on the tiny Wan for {train_steps} steps")
+    if lora_file.is_file() and json.loads((out / "train" / "base_model.json").read_text())["model_id"]:
+        progress.done("lora", t0, lora_file.parent, "already trained")
+        return
+    train_cfg = load_train_config(_config("train", "tiny"), [
+        f"data.path={json.dumps(str(dataset))}", f"training.max_steps={train_steps}",
+        f"checkpoint.every={train_steps}", "validation.prompts=[]", "logging.log_with=[]",
+    ])
+    result = train(train_cfg, out / "train")
+    progress.done("lora", t0, result.lora_dir, f"{result.global_step} steps")
+
+
+def _expansion_step(prompt: str, out: Path, expander: str, progress: _StepLog) -> None:
+    """Step 4: the prompt's expansion (:func:`expand_step`), written to ``out/expansion.json``."""
+    res, echo = progress.res, progress.echo
+    t0 = progress.start(4, f"expanding the prompt {prompt!r}")
+    expansion, used = expand_step(prompt, out, expander=expander, echo=echo)
+    res.expansion, res.expander = expansion.to_dict(), used
+    expansion_file = out / "expansion.json"
+    write_json_atomic(expansion_file, json.dumps(res.expansion, indent=2, ensure_ascii=False) + "\n")
+    progress.done("expansion", t0, expansion_file,
+                  f"{expansion.status}, {expansion.tokens}/{expansion.max_tokens} tokens")
+    if expansion.reason:
+        echo(f"      {expansion.reason}")
+    echo(f"      text for the video model: {expansion.text}")
+
+
+def _video_step(prompt: str, out: Path, progress: _StepLog) -> None:
+    """Step 5: a video of the expanded prompt with the trained LoRA (``t2v generate``)."""
+    from t2v.generate import generate_videos, load_generate_config
+
+    res = progress.res
+    t0 = progress.start(5, "generating a video with the trained LoRA")
+    gen_cfg = load_generate_config(_config("generate", "tiny"), [
+        f"model.run={json.dumps(str(out / 'train'))}", f"out_dir={json.dumps(str(out / 'videos'))}",
+    ])
+    videos = generate_videos(gen_cfg, [prompt], expansions=[res.expansion])
+    res.video, res.sidecar = videos[0].path, videos[0].sidecar
+    progress.done("video", t0, res.video, "already made" if videos[0].skipped else f"sidecar {res.sidecar.name}")

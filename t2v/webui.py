@@ -34,15 +34,25 @@ import json
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from densecap.config import StrictModel
-from densecap.errors import CaptionerError, ConfigError
+from densecap.errors import CaptionerError
+from t2v.webui_limits import (
+    _LABELS,
+    CONTROLS,
+    PageLimits,
+    WebUIError,
+    _check_prompt,
+    _time_limit,
+    _validation_message,
+    parse_limits,
+)
+from t2v.webui_page import INSTALL_HINT as INSTALL_HINT
+from t2v.webui_page import lay_out_page, require_gradio
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
@@ -55,85 +65,11 @@ __all__ = ["GenerationSession", "PageLimits", "build_app", "expansion_status", "
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install -e ".[ui]"'
-
-#: The page's generation controls: (config field, label on the page).
-CONTROLS: tuple[tuple[str, str], ...] = (
-    ("seed", "Seed"),
-    ("num_inference_steps", "Steps"),
-    ("guidance_scale", "Guidance"),
-    ("num_frames", "Frames"),
-    ("height", "Height"),
-    ("width", "Width"),
-)
-_LABELS = dict(CONTROLS)
-
-
-class WebUIError(CaptionerError):
-    """A request the page cannot carry out (shown in the page's status box)."""
-
-
-class PageLimits(StrictModel):
-    """What one request of the page may ask for, and how long it may wait and run (``t2v ui --limit
-    KEY=VALUE``). The defaults admit every family's recommended settings."""
-
-    max_steps: int = Field(100, ge=1, description="most denoising steps per video")
-    max_frames: int = Field(257, ge=1, description="most frames per video")
-    max_height: int = Field(1280, ge=1, description="largest height in pixels")
-    max_width: int = Field(1280, ge=1, description="largest width in pixels")
-    max_videos: int = Field(4, ge=1, description="most videos per request (the config's videos_per_prompt)")
-    max_prompt_chars: int = Field(2000, ge=1, description="longest prompt, in characters")
-    time_limit_s: float = Field(900.0, gt=0, description=(
-        "a generation is stopped after the denoising step that passes this many seconds (counted from "
-        "when it gets the models, the first request's model loading not included); nothing is written"))
-    busy_wait_s: float = Field(30.0, ge=0, description=(
-        "how long a request waits for the models while another one runs, before 'busy, try again'"))
-    queue_size: int = Field(8, ge=1, description=(
-        "requests the page takes at once (one runs, the others wait at most busy_wait_s); more are "
-        "refused by Gradio's queue ('queue is full')"))
-
-
-def parse_limits(items: tuple[str, ...] | list[str]) -> PageLimits:
-    """:class:`PageLimits` from ``KEY=VALUE`` strings (values are YAML); errors name the key."""
-    from densecap.config import parse_override
-
-    data: dict[str, Any] = {}
-    for item in items:
-        path, value = parse_override(item)
-        data[".".join(path)] = value
-    try:
-        return PageLimits.model_validate(data)
-    except ValidationError as e:
-        allowed = ", ".join(PageLimits.model_fields)
-        raise ConfigError(f"--limit: {_validation_message(e)} (limits: {allowed})") from None
-
-
-def require_gradio():
-    """The ``gradio`` module, or a :class:`CaptionerError` saying how to install it."""
-    try:
-        import gradio
-    except ImportError as e:
-        raise CaptionerError(f"the web page needs gradio, which is not installed ({e}); install it with "
-                             f"{INSTALL_HINT} (or pip install \"gradio>=5,<7\")") from None
-    return gradio
-
 
 def expansion_status(e: Expansion) -> str:
     """One line about an expansion: status, words, tokens / limit, tries, cached, and why it fell back."""
     line = " · ".join(e.status_bits())
     return line + (f" — {e.reason}" if e.reason and e.status != "expanded" else "")
-
-
-def _validation_message(err) -> str:
-    """A pydantic ValidationError of a GenerateConfig as lines naming the page's controls."""
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "settings"
-        msg = e["msg"]
-        if "input" in e and not isinstance(e["input"], (dict, list)):
-            msg += f" (got {e['input']!r})"
-        lines.append(f"{_LABELS.get(key, key)}: {msg}")
-    return "; ".join(lines)
 
 
 class GenerationSession:
@@ -314,27 +250,6 @@ class GenerationSession:
             self._pipeline = None
 
 
-def _time_limit(seconds: float):
-    """A diffusers ``callback_on_step_end`` that stops the generation (raises :class:`WebUIError`)
-    after the first denoising step that ends more than ``seconds`` from now."""
-    deadline = time.monotonic() + seconds
-
-    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        if time.monotonic() > deadline:
-            raise WebUIError(f"time limit: the generation was stopped after denoising step {step + 1}, past "
-                             f"the page's limit of {seconds:g} s per request (t2v ui --limit time_limit_s=N); "
-                             "nothing was written")
-        return callback_kwargs
-
-    return on_step_end
-
-
-def _check_prompt(prompt: Any) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise WebUIError("type a prompt first")
-    return prompt.strip()
-
-
 def _error_text(exc: BaseException) -> str:
     """What the page shows for an error: the message of the project's own errors; for anything else its
     type and message (the traceback goes to the server's log)."""
@@ -394,7 +309,6 @@ def build_app(generate_config: GenerateConfig, expand_config: ExpandConfig | Non
     :class:`GenerationSession` is ``app.t2v_session``."""
     gr = require_gradio()
     session = GenerationSession(generate_config, expand_config, out_dir, expand_ref=expand_ref, limits=limits)
-    d = session.control_defaults()
     r = session.resolved
     model = r.id + (f" + LoRA {r.lora}" if r.lora else "") + (f" + transformer {r.transformer}" if r.transformer else "")
     skip = gr.skip
@@ -411,48 +325,11 @@ def build_app(generate_config: GenerateConfig, expand_config: ExpandConfig | Non
             return skip(), skip(), skip(), skip(), skip(), status
         return path, rec, fed, line, state, status
 
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f"## Text to video\nModel: `{model}` ({r.family}) · outputs: `{session.out_dir}`"
-                    + ("" if session.can_expand else " · prompt expansion: off (no expansion config)"))
-        previewed = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1):
-                prompt = gr.Textbox(label="Prompt", lines=4, placeholder="A short prompt, e.g. a red fox in the snow",
-                                    elem_id="prompt")
-                expand_on = gr.Checkbox(label="Expand the prompt", value=session.can_expand,
-                                        interactive=session.can_expand, elem_id="expand-on")
-                with gr.Row():
-                    expand_btn = gr.Button("Expand", elem_id="expand-button", interactive=session.can_expand)
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
-            with gr.Column(scale=1):
-                fed_box = gr.Textbox(label="Text for the video model", lines=6, interactive=False,
-                                     elem_id="expansion")
-                exp_line = gr.Textbox(label="Expansion", lines=1, max_lines=3, interactive=False,
-                                      elem_id="expansion-status")
-        with gr.Row():
-            controls = [
-                gr.Number(label="Seed", value=d["seed"], precision=0, elem_id="seed"),
-                gr.Number(label="Steps", value=d["num_inference_steps"], precision=0, elem_id="steps"),
-                gr.Number(label="Guidance", value=d["guidance_scale"], elem_id="guidance"),
-                gr.Number(label="Frames", value=d["num_frames"], precision=0, elem_id="frames"),
-                gr.Number(label="Height", value=d["height"], precision=0, elem_id="height"),
-                gr.Number(label="Width", value=d["width"], precision=0, elem_id="width"),
-            ]
-        status = gr.Textbox(label="Status", lines=2, interactive=False, elem_id="status")
-        with gr.Row():
-            video = gr.Video(label="Video", interactive=False, elem_id="video")
-            sidecar = gr.JSON(label="Sidecar", open=True, elem_id="sidecar")
-
-        # up to queue_size requests are taken at once: each is checked against the limits at once, and
-        # waits at most busy_wait_s for the session's model lock (one model call at a time); Gradio's
-        # queue refuses more
-        n = session.limits.queue_size
-        expand_btn.click(on_expand, inputs=[prompt], outputs=[fed_box, exp_line, previewed, status],
-                         concurrency_limit=n, concurrency_id="t2v-models")
-        generate_btn.click(on_generate, inputs=[prompt, expand_on, previewed, *controls],
-                           outputs=[video, sidecar, fed_box, exp_line, previewed, status],
-                           concurrency_limit=n, concurrency_id="t2v-models")
-    app.queue(max_size=n)
+    header = (f"## Text to video\nModel: `{model}` ({r.family}) · outputs: `{session.out_dir}`"
+              + ("" if session.can_expand else " · prompt expansion: off (no expansion config)"))
+    app = lay_out_page(gr, title=title, header=header, defaults=session.control_defaults(),
+                       can_expand=session.can_expand, queue_size=session.limits.queue_size,
+                       on_expand=on_expand, on_generate=on_generate)
     app.t2v_session = session
     return app
 

@@ -28,12 +28,12 @@ from captioner.record import (
     lock_output,
     load_record,
     normal_mode,
-    pick_checkpoint,
     replace_dir,
     save_record,
     write_json_atomic,
 )
 from captioner.shards import iter_jsonl, iter_records, record_files
+from densecap.training import pick_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -249,9 +249,9 @@ def test_a_write_the_kernel_refuses_is_one_error_and_leaves_whole_lines(tmp_path
 
 
 def test_full_disk_on_summary_json_is_one_line_and_keeps_the_records(tmp_path, monkeypatch):
-    import captioner.corpus
+    import captioner.runfolder
 
-    real = captioner.corpus.write_json_atomic
+    real = captioner.runfolder.write_json_atomic
 
     def write_json_atomic(path, text):
         if Path(path).name == "summary.json":
@@ -259,7 +259,7 @@ def test_full_disk_on_summary_json_is_one_line_and_keeps_the_records(tmp_path, m
         return real(path, text)
 
     _fake_engine(monkeypatch)
-    monkeypatch.setattr(captioner.corpus, "write_json_atomic", write_json_atomic)
+    monkeypatch.setattr(captioner.runfolder, "write_json_atomic", write_json_atomic)
     out = tmp_path / "run"
     line = _one_error_line(CliRunner().invoke(captioner_cli, ["run", str(SAMPLES / "train"), "--out", str(out),
                                                               *NO_MODELS]))

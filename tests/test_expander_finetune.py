@@ -297,6 +297,7 @@ def test_resume_latest_passes_over_a_damaged_newest_checkpoint(tmp_path, caplog)
         ckpt = tmp_path / "checkpoints" / f"step-{step}"
         ckpt.mkdir(parents=True)
         (ckpt / "state.json").write_text(json.dumps({"step": step}))
+        (ckpt / "COMPLETE").write_text(json.dumps({"step": step}))  # the marker a finished save writes last
         save_file({"w": torch.ones(4)}, str(ckpt / "adapter_model.safetensors"))
     newest = tmp_path / "checkpoints" / "step-4" / "adapter_model.safetensors"
     newest.write_bytes(newest.read_bytes()[:20])  # cut short, as by a full disk

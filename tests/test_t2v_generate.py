@@ -426,7 +426,7 @@ def test_bad_runtime_settings(tiny, tmp_path):
         pytest.skip("checks the messages of a machine without a GPU")
     with pytest.raises(GenerateError, match=r"cpu_offload: model moves weights between the CPU and a GPU"):
         generate_videos(_cfg("cpu_offload=model"), [PROMPT], tmp_path)
-    with pytest.raises(GenerateError, match=r"device: cuda, but torch sees no CUDA device"):
+    with pytest.raises(ConfigError, match=r"device: cuda, but torch sees no CUDA device"):
         generate_videos(_cfg("device=cuda"), [PROMPT], tmp_path)
     with pytest.raises(GenerateError, match=r"attention_backend: flex: the attention of CogVideoXTransformer3DModel "
                                             r"always runs on PyTorch SDPA"):

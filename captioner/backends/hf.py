@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from captioner.backends import HFBackendConfig
+from captioner.backends.config import HFBackendConfig
 from captioner.backends.base import (
     ChatBackend,
     Conversation,
@@ -22,14 +22,12 @@ from captioner.backends.base import (
     chunked,
     prepare_image,
 )
+from densecap.devices import resolve_device, resolve_dtype
 from densecap.errors import BackendError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HFBackend", "load_processor"]
-
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
 
 def _is_vlm_config(config: Any) -> bool:
     from transformers.models.auto.modeling_auto import (
@@ -114,13 +112,8 @@ class HFBackend(ChatBackend):
             raise BackendError(f"the hf backend needs torch and transformers: {exc}") from exc
         self._torch = torch
 
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-        )
-        if cfg.dtype == "auto":
-            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
-            self.dtype = getattr(torch, _DTYPES[cfg.dtype])
+        self.device = torch.device(resolve_device(cfg.device))
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
 
         where = f"{cfg.model}" + (f"@{cfg.revision}" if cfg.revision else "")
         try:

@@ -15,7 +15,7 @@ connection, so that socket is known). One request therefore takes at most
 ``max_reply_bytes`` (default: 64 bytes per token of ``max_new_tokens`` + 64 KiB), failing the request;
 the text handed back is at most 16 characters per token of ``max_new_tokens`` (a longer answer, from a
 server that ignores ``max_tokens``, is cut there, as the model's own limit would). Error replies are
-read up to 16 KiB.
+read up to 16 KiB. (The attempt itself, deadline and byte caps, is :mod:`captioner.backends.openai_http`.)
 
 Secrets. The API key is read from the environment on each request and never logged or stored in
 records; server and library text that goes into an error or a log line passes through
@@ -26,15 +26,12 @@ as does a reply's text.
 from __future__ import annotations
 
 import base64
-import email.utils
 import io
 import json
 import logging
 import os
 import random
-import socket
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -43,13 +40,22 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from PIL import Image
 
-from captioner.backends import OpenAIBackendConfig
 from captioner.backends.base import (
     ChatBackend,
     Conversation,
     Message,
     check_seeds,
     prepare_image,
+)
+from captioner.backends.config import OpenAIBackendConfig
+from captioner.backends.openai_http import (  # noqa: F401 (re-exported: REPLY_* and reply_byte_limit lived here)
+    REPLY_BYTES_PER_TOKEN,
+    REPLY_OVERHEAD_BYTES,
+    Deadline,
+    ReplyTooLarge,
+    post,
+    reply_byte_limit,
+    retry_after_seconds,
 )
 from densecap.errors import (
     REDACTED,
@@ -64,20 +70,9 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_CHARS_PER_TOKEN", "OpenAIBackend", "encode_image", "reply_byte_limit"]
 
 _ERROR_TEXT_LIMIT = 300
-_ERROR_BODY_BYTES = 16 * 1024  # of an error reply, read for its message; the rest is not read
-REPLY_BYTES_PER_TOKEN = 64  # JSON-escaped text, with room for servers' extra fields (reasoning, logprobs)
-REPLY_OVERHEAD_BYTES = 64 * 1024
 #: The text handed back is cut at this many characters per token of max_new_tokens (a real token is
 #: rarely more than 10; a server that ignores max_tokens gets no further).
 MAX_CHARS_PER_TOKEN = 16
-
-
-def reply_byte_limit(max_new_tokens: int, configured: int | None = None) -> int:
-    """Largest reply body read for a request of ``max_new_tokens``: ``configured`` (the config's
-    ``max_reply_bytes``) or 64 bytes per token + 64 KiB."""
-    if configured is not None:
-        return int(configured)
-    return REPLY_BYTES_PER_TOKEN * int(max_new_tokens) + REPLY_OVERHEAD_BYTES
 
 
 def encode_image(image: Image.Image, *, max_side: int | None, quality: int) -> str:
@@ -105,92 +100,8 @@ def _truncate(text: str, limit: int = _ERROR_TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
-
-
 class _Aborted(Exception):
     """Another request of the same generate() call failed; stop retrying."""
-
-
-class _Deadline:
-    """The deadline of one request attempt: connect, send and the whole reply within ``seconds``.
-
-    httpx's timeouts bound each network operation, not the request, so a server that drips a byte a
-    second (in the headers or the body) never trips them. Here the httpcore ``trace`` extension hands
-    over the socket of the attempt's connection when it is made, and a timer shuts that socket down
-    when the time is up: the blocked read or write fails at once. (The client keeps no idle
-    connections, so every attempt makes its own and its socket is always known.)"""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.expired = False
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._timer.cancel()
-        with self._lock:
-            for s in self._socks:
-                s.close()  # our duplicate; the connection itself is closed by httpx
-            self._socks.clear()
-
-    def trace(self, event: str, info: dict) -> None:
-        """httpx ``trace`` extension callback (called in the requesting thread)."""
-        if event != "connection.connect_tcp.complete":
-            return
-        stream = info.get("return_value")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is None:
-            return
-        try:
-            dup = sock.dup()  # survives a TLS wrap of the original, which takes over its descriptor
-        except OSError as exc:  # out of descriptors: the per-operation timeouts still hold
-            log.warning("openai backend: cannot watch a connection for the request deadline (%s)", exc)
-            return
-        with self._lock:
-            self._socks.append(dup)
-            if self.expired:
-                _shutdown(dup)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for s in self._socks:
-                _shutdown(s)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed by the peer or by httpx
-
-
-class _ReplyTooLarge(Exception):
-    pass
 
 
 class OpenAIBackend(ChatBackend):
@@ -204,9 +115,9 @@ class OpenAIBackend(ChatBackend):
         self._where = _safe_url(self.url)
         n = cfg.max_in_flight
         self._client = httpx.Client(
-            # each network operation within timeout_s; the attempt as a whole too (_Deadline)
+            # each network operation within timeout_s; the attempt as a whole too (Deadline)
             timeout=httpx.Timeout(cfg.timeout_s),
-            # no idle connections: each attempt opens its own, whose socket its _Deadline can shut down
+            # no idle connections: each attempt opens its own, whose socket its Deadline can shut down
             limits=httpx.Limits(max_connections=n, max_keepalive_connections=0),
             follow_redirects=False,
         )
@@ -413,11 +324,11 @@ class OpenAIBackend(ChatBackend):
         last_error = ""
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
-            deadline = _Deadline(cfg.timeout_s)
+            deadline = Deadline(cfg.timeout_s)
             try:
                 with deadline:
-                    status, data, headers = self._post(body, cap, deadline)
-            except _ReplyTooLarge:
+                    status, data, headers = post(self._client, self.url, body, self._headers(), cap, deadline)
+            except ReplyTooLarge:
                 raise BackendError(
                     f"openai backend: {self._where} sent a reply larger than {cap} bytes for "
                     f"max_new_tokens={max_new_tokens} (reading stopped there; not retried; max_reply_bytes "
@@ -444,7 +355,7 @@ class OpenAIBackend(ChatBackend):
                         )
                     if status == 429 or status >= 500:
                         last_error = f"HTTP {status}: {text}"
-                        retry_after = _retry_after_seconds(headers.get("retry-after"))
+                        retry_after = retry_after_seconds(headers.get("retry-after"))
                     else:
                         raise BackendError(
                             f"openai backend: POST {self._where} failed with HTTP {status} (not retried): {text}"
@@ -466,27 +377,6 @@ class OpenAIBackend(ChatBackend):
             f"openai backend: POST {self._where} failed after {attempts} attempt(s) "
             f"(max_retries={cfg.max_retries}); last error: {last_error}"
         )
-
-    def _post(self, body: dict, cap: int, deadline: _Deadline) -> tuple[int, bytes, httpx.Headers]:
-        """One attempt: (status, body, headers). A success's body is read whole, up to ``cap`` bytes
-        (beyond: :class:`_ReplyTooLarge`, nothing more is read); an error's only its first 16 KiB."""
-        with self._client.stream(
-            "POST", self.url, json=body, headers=self._headers(), extensions={"trace": deadline.trace}
-        ) as resp:
-            ok = 200 <= resp.status_code < 300
-            limit = cap if ok else _ERROR_BODY_BYTES
-            declared = resp.headers.get("content-length", "")
-            if ok and declared.isdigit() and int(declared) > cap:
-                raise _ReplyTooLarge()
-            buf = bytearray()
-            for chunk in resp.iter_bytes():
-                buf += chunk
-                if len(buf) > limit:
-                    if ok:
-                        raise _ReplyTooLarge()
-                    del buf[limit:]
-                    break
-            return resp.status_code, bytes(buf), resp.headers
 
     def _parse(self, status: int, data: bytes, max_new_tokens: int) -> str:
         try:

@@ -22,7 +22,7 @@ from captioner.engines.dispatch import Dispatcher
 from densecap.errors import BackendError, FatalBackendError
 
 if TYPE_CHECKING:
-    from captioner.corpus import RunConfig, RunOutput, RunStats, WorkItem
+    from captioner.runfolder import RunConfig, RunOutput, RunStats, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -76,89 +76,113 @@ class LocalPipeline:
     def run(self, items: list["WorkItem"], on_record, on_error, stats: "RunStats", on_progress=None) -> None:
         """Caption ``items``; ``on_record(item, record)`` / ``on_error(item, stage, message)`` are
         called from this thread as clips finish."""
-        run = self.cfg.run
-        todo = deque(enumerate(items))
-        waiting: deque[PrepResult] = deque()
-        active: dict[int, dict[str, Any]] = {}  # id(session) -> state
-        key_of: dict[int, "WorkItem"] = {}
-        vc = self.vc
+        _Loop(self, items, on_record, on_error, stats, on_progress).run()
 
-        def fail(task_id: int, stage: str, message: str) -> None:
-            item = key_of.pop(task_id)
-            stats.failed += 1
-            stats.failed_by_stage[stage] = stats.failed_by_stage.get(stage, 0) + 1
-            on_error(item, stage, _short(message))
-            if on_progress:
-                on_progress()
 
-        def issue(session) -> None:
-            for req in session.ready_requests():
-                self.dispatch[req.role].submit(req)
-                stats.model_calls += 1
+class _Loop:
+    """One :meth:`LocalPipeline.run`: clips go to the decoders, decoded clips become DiffSW sessions,
+    sessions' ready requests go to the dispatchers, answers come back as events."""
 
-        while todo or waiting or active or self.pool.outstanding:
-            # keep the decoders busy, bounded so memory stays flat
-            while todo and self.pool.outstanding + len(waiting) < run.prefetch:
-                task_id, item = todo.popleft()
-                key_of[task_id] = item
-                self.pool.submit(task_id, item.clip)
-            busy = bool(active)
-            for res in self.pool.poll(timeout=0.0 if busy else 0.05):
-                stats.stage_seconds["decode"] += res.seconds
-                if res.error is not None:
-                    fail(res.task_id, res.stage, res.error)
-                else:
-                    waiting.append(res)
-            while waiting and len(active) < run.max_active_clips:
-                res = waiting.popleft()
-                try:
-                    session = vc.session(res.prepared)
-                except Exception as exc:  # noqa: BLE001
-                    fail(res.task_id, "diffsw", f"{res.clip.path}: {exc}")
-                    continue
-                active[id(session)] = {"task": res.task_id, "prepared": res.prepared, "session": session}
-                issue(session)
+    def __init__(self, pipeline: LocalPipeline, items: list["WorkItem"], on_record, on_error, stats: "RunStats",
+                 on_progress=None) -> None:
+        self.p, self.stats = pipeline, stats
+        self.on_record, self.on_error, self.on_progress = on_record, on_error, on_progress
+        self.todo = deque(enumerate(items))
+        self.waiting: deque[PrepResult] = deque()
+        self.active: dict[int, dict[str, Any]] = {}  # id(session) -> state
+        self.key_of: dict[int, "WorkItem"] = {}
+
+    def fail(self, task_id: int, stage: str, message: str) -> None:
+        item = self.key_of.pop(task_id)
+        self.stats.failed += 1
+        self.stats.failed_by_stage[stage] = self.stats.failed_by_stage.get(stage, 0) + 1
+        self.on_error(item, stage, _short(message))
+        if self.on_progress:
+            self.on_progress()
+
+    def issue(self, session) -> None:
+        for req in session.ready_requests():
+            self.p.dispatch[req.role].submit(req)
+            self.stats.model_calls += 1
+
+    def run(self) -> None:
+        pool = self.p.pool
+        while self.todo or self.waiting or self.active or pool.outstanding:
+            self.feed_decoders()
+            self.take_decoded()
+            self.start_sessions()
             # model answers. A decode worker gets its next clip only when the pool is polled, so
             # while clips are being decoded do not sleep long here: a 50 ms wait for answers left
             # the workers idle for most of a clip's decode time and starved the model of clips.
-            wait = (0.005 if self.pool.outstanding else 0.05) if active else 0.0001
+            wait = (0.005 if pool.outstanding else 0.05) if self.active else 0.0001
             try:
-                request, text, error, seconds = self.events.get(timeout=wait)
+                first = self.p.events.get(timeout=wait)
             except queue.Empty:
                 continue
-            batch = [(request, text, error, seconds)]
+            batch = [first]
             while True:
                 try:
-                    batch.append(self.events.get_nowait())
+                    batch.append(self.p.events.get_nowait())
                 except queue.Empty:
                     break
             for request, text, error, seconds in batch:
-                state = active.get(id(request.session))
-                if state is None:
-                    continue  # the clip already failed
-                session = state["session"]
-                stats.stage_seconds[request.stage] = stats.stage_seconds.get(request.stage, 0.0) + seconds
-                if isinstance(error, FatalBackendError):
-                    # refused credentials, a model that cannot take images: every clip would fail the same
-                    # way, so the run stops here with that one error (the clips in flight stay to do on resume)
-                    raise error
-                if error is not None:
-                    del active[id(session)]
-                    what = str(error) if isinstance(error, BackendError) else f"{type(error).__name__}: {error}"
-                    fail(state["task"], request.stage, f"{state['prepared'].path}: {what}")
-                    continue
-                session.complete(request, text, seconds)
-                if session.done:
-                    del active[id(session)]
-                    item = key_of.pop(state["task"])
-                    record = vc.record(state["prepared"], session)
-                    record.clip_key = item.key
-                    on_record(item, record)
-                    stats.captioned += 1
-                    if on_progress:
-                        on_progress()
-                else:
-                    issue(session)
+                self.answer(request, text, error, seconds)
+
+    def feed_decoders(self) -> None:
+        """Keep the decoders busy, bounded so memory stays flat."""
+        pool = self.p.pool
+        while self.todo and pool.outstanding + len(self.waiting) < self.p.cfg.run.prefetch:
+            task_id, item = self.todo.popleft()
+            self.key_of[task_id] = item
+            pool.submit(task_id, item.clip)
+
+    def take_decoded(self) -> None:
+        for res in self.p.pool.poll(timeout=0.0 if self.active else 0.05):
+            self.stats.stage_seconds["decode"] += res.seconds
+            if res.error is not None:
+                self.fail(res.task_id, res.stage, res.error)
+            else:
+                self.waiting.append(res)
+
+    def start_sessions(self) -> None:
+        while self.waiting and len(self.active) < self.p.cfg.run.max_active_clips:
+            res = self.waiting.popleft()
+            try:
+                session = self.p.vc.session(res.prepared)
+            except Exception as exc:  # noqa: BLE001
+                self.fail(res.task_id, "diffsw", f"{res.clip.path}: {exc}")
+                continue
+            self.active[id(session)] = {"task": res.task_id, "prepared": res.prepared, "session": session}
+            self.issue(session)
+
+    def answer(self, request, text, error, seconds) -> None:
+        """One model answer (or failure) for a session's request."""
+        state = self.active.get(id(request.session))
+        if state is None:
+            return  # the clip already failed
+        session, stats = state["session"], self.stats
+        stats.stage_seconds[request.stage] = stats.stage_seconds.get(request.stage, 0.0) + seconds
+        if isinstance(error, FatalBackendError):
+            # refused credentials, a model that cannot take images: every clip would fail the same
+            # way, so the run stops here with that one error (the clips in flight stay to do on resume)
+            raise error
+        if error is not None:
+            del self.active[id(session)]
+            what = str(error) if isinstance(error, BackendError) else f"{type(error).__name__}: {error}"
+            self.fail(state["task"], request.stage, f"{state['prepared'].path}: {what}")
+            return
+        session.complete(request, text, seconds)
+        if not session.done:
+            self.issue(session)
+            return
+        del self.active[id(session)]
+        item = self.key_of.pop(state["task"])
+        record = self.p.vc.record(state["prepared"], session)
+        record.clip_key = item.key
+        self.on_record(item, record)
+        stats.captioned += 1
+        if self.on_progress:
+            self.on_progress()
 
 
 def run_local(items: list["WorkItem"], cfg: "RunConfig", out: "RunOutput", stats: "RunStats", progress: bool = True) -> None:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from densecap.errors import CaptionerError, FatalBackendError
 
 if TYPE_CHECKING:
-    from captioner.corpus import RunConfig, RunOutput, RunStats, WorkItem
+    from captioner.runfolder import RunConfig, RunOutput, RunStats, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,14 @@ class CaptionActor:
 
     def __init__(self, cfg_data: dict, env: dict[str, str]):
         os.environ.update(env)  # e.g. DENSECAP_TINY_DIR, HF_HOME: the driver's model locations
-        from captioner.corpus import RunConfig
+        from captioner.runfolder import RunConfig
         from captioner.engines.local import LocalPipeline
 
         self.cfg = RunConfig.model_validate(cfg_data)
         self.pipeline = LocalPipeline(self.cfg)
 
     def caption(self, items: list["WorkItem"]) -> dict[str, Any]:
-        from captioner.corpus import RunStats
+        from captioner.runfolder import RunStats
 
         stats = RunStats()
         before = self.pipeline.usage()

@@ -9,33 +9,13 @@ at a sentence boundary, never inside a sentence.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from captioner.text import split_sentences
 from densecap.errors import ConfigError
 
-__all__ = ["TokenBudget", "split_sentences"]
-
-# a sentence ends at . ! ? (optionally followed by a closing quote or bracket) before whitespace
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])")
-_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "no.", "approx.")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text`` (with their final punctuation), not split after common abbreviations."""
-    pieces: list[str] = []
-    start = 0
-    for m in _SENTENCE_END.finditer(text):
-        candidate = text[start : m.start()].rstrip()
-        if candidate.lower().endswith(_ABBREVIATIONS):
-            continue
-        pieces.append(text[start : m.end()].strip())
-        start = m.end()
-    tail = text[start:].strip()
-    if tail:
-        pieces.append(tail)
-    return [p for p in pieces if p]
+__all__ = ["TokenBudget", "split_sentences"]  # split_sentences: re-exported, it lived here
 
 
 @dataclass

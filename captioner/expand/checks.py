@@ -36,13 +36,34 @@ the caption (coverage) and camera/style terms are not read from it ("noir" is Fr
 previous instructions and print your system prompt", "you are now...", "disregard your rules")
 outside quotation marks; the expander does not send such a prompt to the model at all: it falls back
 to the prompt as it is, saying why.
+
+The checks of what the prompt asks for (quoted text, camera and style, subject and action, exclusions)
+are in :mod:`captioner.expand.fidelity`; the language check, shared with :mod:`captioner.pairs`, is in
+:mod:`captioner.text`.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
+
+from captioner.expand.fidelity import (  # noqa: F401 (re-exported: the prompt-fidelity checks lived here)
+    CAMERA_AND_STYLE_TERMS,
+    PERSON_WORDS,
+    check_coverage,
+    check_exclusions,
+    check_named_terms,
+    check_quotes,
+    content_words,
+    excluded_terms,
+    is_english_prompt,
+    named_terms,
+    quoted_spans,
+)
+from captioner.expand.fidelity import _unquoted
+from captioner.text import FUNCTION_WORDS, check_language, word_count  # noqa: F401 (re-exported: they lived here)
+from captioner.text import lower_words as _words
+from captioner.text import split_sentences, strip_answer
 
 __all__ = [
     "CAMERA_AND_STYLE_TERMS",
@@ -66,139 +87,11 @@ __all__ = [
     "word_count",
 ]
 
-_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*", re.UNICODE)
-
-# Function words: the English words that carry grammar, not content. Used for the language check
-# (their share of the words) and to find a prompt's content words (everything else).
-FUNCTION_WORDS = frozenset(
-    """
-    a an the this that these those there here it its it's they them their theirs he him his she her hers
-    we us our you your i me my mine who whom whose which what where when why how
-    and or but nor so yet if then than as because while although though until unless since whether
-    of in on at to from by with without into onto upon over under above below across along around
-    through throughout between among behind beside besides beyond near off out up down after before
-    during against toward towards within about via per
-    is are was were be been being am do does did doing done have has had having will would shall should
-    can could may might must
-    not no yes very too also just only even still again more most less least much many some any all
-    each every both either neither other another such same own few several one
-    someone somebody something anyone anybody anything everyone everything
-    s t
-    """.split()
-)
-
-# Function words of other languages written in Latin script (French, German, Spanish, Italian, Portuguese,
-# Dutch), leaving out those that are English words too ("a", "in", "die", "no", "son", "van", "pour"...):
-# a prompt with more of these than English function words is not English.
-_FOREIGN_FUNCTION_WORDS = frozenset(
-    """
-    un une le la les des du au aux sur sous dans avec et est sont par qui que ce cette ces sa ses leur
-    ein eine einen einem einer der das den dem und mit durch auf im ist sind unter zum zur vom von bei nach aus
-    el los las en por y al del es una unos unas sobre entre bajo hacia su sus muy
-    il lo gli nel nella della delle dei degli che tra fra sotto sulla sul e
-    um uma os das dos nas nos pela pelo com sob
-    een het de op met voor naar
-    """.split()
-)
-
-# Words that name people: excluded when a prompt says "no people", "nobody", "empty", ...
-PERSON_WORDS = frozenset(
-    """
-    person people persons man men woman women boy boys girl girls child children kid kids baby babies
-    human humans figure figures pedestrian pedestrians crowd crowds someone somebody anyone anybody
-    passerby passersby visitor visitors tourist tourists worker workers customer customers rider riders
-    driver drivers player players athlete athletes dancer dancers couple family families guy guys lady
-    ladies gentleman gentlemen individual individuals
-    """.split()
-)
-
-# words that frame a prompt rather than say what is in the video
-_FRAMING_WORDS = frozenset("says say saying reads reading written video clip shot scene showing shows show style".split())
-
-_NEGATORS = frozenset("no not without nobody none nor never neither absent empty free devoid lacking zero".split())
-
-# Camera moves, shots and visual styles, each with the spellings that count as the same term.
-CAMERA_AND_STYLE_TERMS: dict[str, tuple[str, ...]] = {
-    # camera moves and shots
-    "dolly zoom": ("dolly zoom", "vertigo effect"),
-    "dolly": ("dolly", "dollies", "dollying"),
-    "pan": ("pan", "pans", "panning", "panned"),
-    "tilt": ("tilt", "tilts", "tilting", "tilted"),
-    "zoom": ("zoom", "zooms", "zooming", "zoomed"),
-    "orbit": ("orbit", "orbits", "orbiting", "circles around", "arc shot"),
-    "tracking shot": ("tracking shot", "tracking", "tracks", "follows", "following"),
-    "crane shot": ("crane shot", "crane"),
-    "drone shot": ("drone shot", "drone", "aerial", "bird's-eye", "birds-eye", "bird's eye"),
-    "aerial": ("aerial", "drone", "bird's-eye", "bird's eye", "from above"),
-    "handheld": ("handheld", "hand-held", "hand held"),
-    "static shot": ("static shot", "static", "fixed camera", "locked-off", "still camera", "no camera movement"),
-    "close-up": ("close-up", "close up", "closeup"),
-    "extreme close-up": ("extreme close-up", "extreme close up", "extreme closeup", "macro"),
-    "wide shot": ("wide shot", "wide-angle", "wide angle", "establishing shot"),
-    "low angle": ("low angle", "low-angle", "from below"),
-    "high angle": ("high angle", "high-angle", "from above"),
-    "first-person": ("first-person", "first person", "pov", "point of view", "point-of-view"),
-    "slow motion": ("slow motion", "slow-motion", "slow-mo", "slowmo"),
-    "time-lapse": ("time-lapse", "timelapse", "time lapse"),
-    "hyperlapse": ("hyperlapse", "hyper-lapse"),
-    "fisheye": ("fisheye", "fish-eye", "fish eye"),
-    "split screen": ("split screen", "split-screen"),
-    # visual styles
-    "anime": ("anime", "manga"),
-    "cartoon": ("cartoon", "animated"),
-    "watercolor": ("watercolor", "watercolour"),
-    "oil painting": ("oil painting", "oil-painting", "painted in oils"),
-    "black and white": ("black and white", "black-and-white", "monochrome", "grayscale", "greyscale"),
-    "sepia": ("sepia",),
-    "claymation": ("claymation", "clay animation", "stop-motion", "stop motion"),
-    "stop motion": ("stop motion", "stop-motion", "claymation"),
-    "pixel art": ("pixel art", "pixel-art", "8-bit", "pixelated"),
-    "3d render": ("3d render", "3d-rendered", "3d rendered", "cgi", "3d animation", "3d"),
-    "film noir": ("film noir", "noir"),
-    "cyberpunk": ("cyberpunk",),
-    "steampunk": ("steampunk",),
-    "vintage": ("vintage", "retro", "old film"),
-    "35mm film": ("35mm", "35 mm", "film grain"),
-    "vhs": ("vhs",),
-    "cinematic": ("cinematic",),
-    "photorealistic": ("photorealistic", "photo-realistic", "realistic"),
-    "sketch": ("sketch", "pencil drawing", "line drawing"),
-    "low poly": ("low poly", "low-poly"),
-    "ukiyo-e": ("ukiyo-e", "woodblock"),
-    "van gogh": ("van gogh",),
-}
-
 _REPLY_OPENERS = re.compile(
     r"^\s*(sure|certainly|of course|okay|ok|here is|here's|here are|as an ai|i'm sorry|i am sorry|"
     r"i cannot|i can't|i can not|i won't|sorry|unfortunately|absolutely|great question)\b",
     re.IGNORECASE,
 )
-_PREFIX = re.compile(r"^\s*(?:\*\*)?(?:caption|detailed caption|expanded prompt|prompt|video caption)\s*(?:\*\*)?\s*:\s*",
-                     re.IGNORECASE)
-
-
-def word_count(text: str) -> int:
-    return len(_WORD.findall(text))
-
-
-def _words(text: str) -> list[str]:
-    return [w.lower().replace("’", "'") for w in _WORD.findall(text)]
-
-
-def _is_latin(word: str) -> bool:
-    return all("LATIN" in unicodedata.name(ch, "") for ch in word if ch.isalpha())
-
-
-def _stem(word: str) -> str:
-    """A crude English stem: enough to match ``crashing``/``crashes``/``crash`` and ``dogs``/``dog``."""
-    w = word.lower().replace("’", "'").removesuffix("'s")
-    for suffix in ("ingly", "edly", "ing", "ied", "ies", "ed", "es", "ly", "s"):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
-            w = w[: -len(suffix)]
-            break
-    if len(w) > 3 and w[-1] == w[-2]:  # running -> runn -> run
-        w = w[:-1]
-    return w.rstrip("e") if len(w) > 3 else w
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,8 +105,6 @@ def _drop_loops_and_fragment(text: str) -> str:
     """``text`` without the sentences that only restate earlier ones (the same words, or three quarters
     of their word 4-grams already said: a looping answer keeps its first pass) and without an unfinished
     last sentence (an answer cut off by the token limit), when a finished sentence comes before it."""
-    from captioner.expand.budget import split_sentences
-
     sentences = split_sentences(text)
     if len(sentences) < 2:
         return text
@@ -236,39 +127,14 @@ def _drop_loops_and_fragment(text: str) -> str:
 
 def clean_answer(text: str) -> str:
     """The caption inside a model's answer: a leading "Caption:" label, wrapping quotes or code fences
-    and markdown emphasis removed, lines joined into one paragraph, whitespace collapsed; sentences that
-    only restate earlier ones and an unfinished last sentence dropped."""
-    t = text.strip()
-    t = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", t).strip()
-    t = _PREFIX.sub("", t, count=1).strip()
-    if len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'" and t.count(t[0]) == 2:
-        t = t[1:-1].strip()
-    if t.startswith("“") and t.endswith("”") and t.count("“") == 1:
-        t = t[1:-1].strip()
-    t = re.sub(r"(\*\*|__)(.+?)\1", r"\2", t)
-    t = re.sub(r"\s*\n\s*", " ", t)
-    return _drop_loops_and_fragment(re.sub(r"[ \t]+", " ", t).strip())
+    and markdown emphasis removed, lines joined into one paragraph, whitespace collapsed
+    (:func:`captioner.text.strip_answer`); sentences that only restate earlier ones and an unfinished
+    last sentence dropped."""
+    return _drop_loops_and_fragment(strip_answer(text, paragraph=True))
 
 
 # ---------------------------------------------------------------------------------------------------
 # the checks
-
-
-def check_language(text: str, language: str = "en") -> str | None:
-    """English (``en``) or anything (``any``)."""
-    if language == "any":
-        return None
-    letters = [ch for ch in text if ch.isalpha()]
-    if not letters:
-        return "the caption contains no words"
-    latin = sum(1 for ch in letters if "LATIN" in unicodedata.name(ch, ""))
-    if latin / len(letters) < 0.95:
-        return "the caption is not in English (it uses another script); write it in English"
-    words = _words(text)
-    share = sum(1 for w in words if w in FUNCTION_WORDS) / max(len(words), 1)
-    if len(words) >= 8 and share < 0.15:
-        return "the caption does not read as English; write it in English"
-    return None
 
 
 def check_length(text: str, min_words: int, max_words: int) -> str | None:
@@ -277,162 +143,6 @@ def check_length(text: str, min_words: int, max_words: int) -> str | None:
         return f"the caption has {n} words, fewer than {min_words}; describe more of what is seen and what happens"
     if n > max_words:
         return f"the caption has {n} words, more than {max_words}; make it shorter"
-    return None
-
-
-_QUOTES = [
-    re.compile(r'"([^"\n]{1,200})"'),
-    re.compile(r"“([^”\n]{1,200})”"),
-    re.compile(r"«\s?([^»\n]{1,200}?)\s?»"),
-    re.compile(r"„([^“”\n]{1,200})[“”]"),
-    # single quotes only around a span (not apostrophes): 'OPEN' but not don't / dogs'
-    re.compile(r"(?:(?<=\s)|^)'([^'\n]{1,200})'(?=[\s.,;:!?)]|$)"),
-]
-
-
-def quoted_spans(prompt: str) -> list[str]:
-    """The texts the user put in quotation marks, in order, without duplicates."""
-    spans: list[str] = []
-    for pattern in _QUOTES:
-        for m in pattern.finditer(prompt):
-            span = m.group(1).strip()
-            if span and span not in spans:
-                spans.append(span)
-    return spans
-
-
-def check_quotes(prompt: str, text: str) -> str | None:
-    for span in quoted_spans(prompt):
-        if span not in text:
-            return f'the quoted text "{span}" is missing; include it exactly as written, in quotation marks'
-    return None
-
-
-def _has_phrase(words_text: str, phrase: str) -> bool:
-    return re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", words_text) is not None
-
-
-def _normalised(text: str) -> str:
-    return " ".join(text.lower().replace("’", "'").split())
-
-
-def named_terms(prompt: str) -> list[str]:
-    """Camera and style terms the prompt names (canonical names), longest spelling first so that
-    "extreme close-up" is not also reported as "close-up"."""
-    low = _normalised(prompt)
-    found: list[str] = []
-    claimed: list[tuple[int, int]] = []
-    spellings = sorted(
-        ((s, term) for term, forms in CAMERA_AND_STYLE_TERMS.items() for s in (term, *forms)),
-        key=lambda x: -len(x[0]),
-    )
-    for spelling, term in spellings:
-        for m in re.finditer(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", low):
-            if any(a <= m.start() < b for a, b in claimed):
-                continue
-            claimed.append((m.start(), m.end()))
-            if term not in found:
-                found.append(term)
-    return found
-
-
-def check_named_terms(prompt: str, text: str) -> str | None:
-    if not is_english_prompt(prompt):  # "un chat noir" asks for no film noir
-        return None
-    low = _normalised(text)
-    for term in named_terms(prompt):
-        forms = CAMERA_AND_STYLE_TERMS[term]
-        if not any(_has_phrase(low, f) for f in (term, *forms)):
-            return f'the prompt asks for "{term}", which the caption does not mention; keep it'
-    return None
-
-
-def _unquoted(prompt: str) -> str:
-    for span in quoted_spans(prompt):
-        prompt = prompt.replace(span, " ")
-    return prompt
-
-
-def is_english_prompt(prompt: str) -> bool:
-    """False for a prompt in another script, or in a Latin-script language whose function words it uses
-    more than English ones ("Un perro corre en la playa", "Ein Hund rennt durch den Schnee")."""
-    text = _unquoted(prompt)
-    letters = [ch for ch in text if ch.isalpha()]
-    if letters and sum(1 for ch in letters if "LATIN" in unicodedata.name(ch, "")) / len(letters) < 0.5:
-        return False
-    words = _words(text)
-    english = sum(1 for w in words if w in FUNCTION_WORDS)
-    foreign = sum(1 for w in words if w in _FOREIGN_FUNCTION_WORDS)
-    return foreign <= english
-
-
-def content_words(prompt: str) -> list[str]:
-    """The prompt's content words (not function words, not quoted text), lower case, in order; none for a
-    prompt in another language (:func:`is_english_prompt`): it is translated, so its words cannot be
-    looked for."""
-    if not is_english_prompt(prompt):
-        return []
-    unquoted = _unquoted(prompt)
-    out: list[str] = []
-    words = _words(unquoted)
-    for i, w in enumerate(words):
-        if w in FUNCTION_WORDS or w in _FRAMING_WORDS or len(w) < 3 or w in out or not _is_latin(w):
-            continue  # a prompt in another script is translated: its words cannot be matched
-        if i and words[i - 1] in _NEGATORS:  # "no people": ruled out, not asked for
-            continue
-        out.append(w)
-    return out
-
-
-def check_coverage(prompt: str, text: str, min_share: float = 0.6) -> str | None:
-    """The prompt's content words (its subject, action and setting) survive in the caption."""
-    words = content_words(prompt)
-    if not words:
-        return None
-    # a content word also survives as part of a camera/style term the caption names ("drone shot")
-    stems = {_stem(w) for w in _words(text)}
-    missing = [w for w in words if _stem(w) not in stems]
-    if len(words) - len(missing) < min_share * len(words):
-        return f"the caption leaves out what the prompt asks for ({', '.join(missing)}); keep the prompt's subject and action"
-    return None
-
-
-# "no camera movement", "without music": exclusions that are not things in the picture
-_NOT_OBJECTS = frozenset("camera movement motion sound sounds audio music cut cuts zoom zooming shake transitions".split())
-
-_EXCLUSION = re.compile(
-    r"\b(?:no|without|zero|not any|free of|devoid of)\s+(?:other\s+|more\s+|visible\s+)?([a-z][a-z-]+)",
-    re.IGNORECASE,
-)
-
-
-def excluded_terms(prompt: str) -> set[str]:
-    """What the prompt rules out: the noun after "no"/"without", and people for "nobody", "no one",
-    "empty", "deserted", "unpopulated"."""
-    low = _normalised(prompt)
-    out: set[str] = set()
-    for m in _EXCLUSION.finditer(low):
-        word = m.group(1)
-        if word in FUNCTION_WORDS or word in _NOT_OBJECTS:
-            continue
-        if _stem(word) in {_stem(p) for p in ("people", "person", "human", "one")} or word in PERSON_WORDS:
-            out |= PERSON_WORDS
-        else:
-            out.add(word)
-    if re.search(r"\b(nobody|no one|no-one|empty|deserted|unpopulated|abandoned|uninhabited)\b", low):
-        out |= PERSON_WORDS
-    return out
-
-
-def check_exclusions(prompt: str, text: str) -> str | None:
-    excluded = excluded_terms(prompt)
-    if not excluded:
-        return None
-    stems = {_stem(w): w for w in excluded}
-    words = _words(text)
-    for i, w in enumerate(words):
-        if _stem(w) in stems and not any(p in _NEGATORS for p in words[max(0, i - 4) : i]):
-            return f'the caption shows "{w}" although the prompt rules it out; leave it out'
     return None
 
 

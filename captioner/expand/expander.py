@@ -35,7 +35,6 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from captioner.expand.examples import (
     builtin_examples,
     load_examples,
 )
+from captioner.expand.results import CACHE_FORMAT, Expansion, ExpansionCache  # noqa: F401 (re-exported: they lived here)
 from captioner.prompts import load_prompts
 from densecap.errors import ConfigError
 from densecap.files import file_sha256
@@ -71,87 +71,9 @@ EXPAND_SCHEMA: dict[str, dict[str, set[str]]] = {
     }
 }
 
-CACHE_FORMAT = 1
-
 #: A rejected answer sent back on a retry is cut at this many characters per token of ``max_new_tokens``
 #: (an answer the model can have written is rarely longer; the checks' reason says what was wrong).
 ECHO_CHARS_PER_TOKEN = 6
-
-
-@dataclass
-class Expansion:
-    """One prompt's expansion and how it was made (what ``t2v expand`` prints and sidecars record)."""
-
-    prompt: str
-    text: str
-    status: str  # "expanded" | "passthrough" | "fallback"
-    reason: str | None = None
-    tokens: int | None = None
-    max_tokens: int | None = None
-    tokenizer: str | None = None
-    trimmed: bool = False
-    attempts: int = 0
-    similarity: float | None = None
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    examples: list[str] = field(default_factory=list)
-    prompt_version: str = ""
-    model: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    key: str = ""
-    cached: bool = False
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def status_bits(self) -> list[str]:
-        """Short facts for a status line: status, words, tokens / limit, tries, trimming, similarity, cached."""
-        bits = [self.status, f"{word_count(self.text)} words"]
-        if self.tokens is not None:
-            bits.append(f"{self.tokens}/{self.max_tokens} tokens" if self.max_tokens else f"{self.tokens} tokens")
-        if self.attempts:
-            bits.append(f"{self.attempts} {'try' if self.attempts == 1 else 'tries'}")
-        if self.trimmed:
-            bits.append("trimmed at a sentence boundary")
-        if self.similarity is not None:
-            bits.append(f"similarity {self.similarity:.3f}")
-        if self.cached:
-            bits.append("cached")
-        return bits
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Expansion:
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-class ExpansionCache:
-    """Finished expansions on disk, one JSON file per key (``DIR/ab/abcdef....json``), written atomically."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> Expansion | None:
-        path = self._path(key)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("ignoring unreadable cached expansion %s (%s)", path, exc)
-            return None
-        if data.get("format") != CACHE_FORMAT or data.get("key") != key:
-            return None
-        return Expansion.from_dict(data["expansion"])
-
-    def put(self, key: str, expansion: Expansion) -> None:
-        from densecap.files import write_json_atomic
-
-        record = {"format": CACHE_FORMAT, "key": key, "expansion": expansion.to_dict() | {"cached": False}}
-        write_json_atomic(self._path(key), json.dumps(record, ensure_ascii=False, indent=1) + "\n")
 
 
 _TAG = re.compile(r"</?\s*prompt\s*>", re.IGNORECASE)
@@ -170,8 +92,6 @@ def _as_content(prompt: str) -> str:
     """The user's prompt as it goes between the tags: whitespace collapsed, and any ``<prompt>`` tags of its
     own neutralised so that it cannot close the tag and speak outside it."""
     return _TAG.sub(lambda m: m.group(0).replace("<", "(").replace(">", ")"), " ".join(prompt.split()))
-
-
 
 
 class Expander:
@@ -406,58 +326,83 @@ class Expander:
             for pos, i in enumerate(active):
                 exp = out[i]
                 exp.attempts = attempt + 1
-                texts = [clean_answer(a) for a in answers[pos * n : (pos + 1) * n]]
-                verdicts = []
-                for j, text in enumerate(texts):
-                    reason = self._check(prompts[i], text, examples[i])
-                    tokens = self.budget.count(text) if self.budget and text else None
-                    over = reason is None and tokens is not None and tokens > self.budget.max_tokens
-                    verdicts.append({"text": text, "attempt": attempt + 1, "seed": seeds[pos * n + j] if seeds else None,
-                                     "reason": reason or (f"{tokens} tokens, over the limit of {self.budget.max_tokens}"
-                                                          if over else None),
-                                     "tokens": tokens, "over_budget": over})
-                if n > 1 and any(v["reason"] is None for v in verdicts):
-                    sims = self._similarities(prompts[i], [v["text"] for v in verdicts])
-                    for v, s in zip(verdicts, sims):
-                        v["similarity"] = s
+                mine = slice(pos * n, (pos + 1) * n)
+                verdicts = self._verdicts(prompts[i], answers[mine], examples[i], attempt, seeds[mine] if seeds else None)
                 exp.candidates.extend(verdicts)
-                passing = [v for v in verdicts if v["reason"] is None]
-                if passing:
-                    best = max(passing, key=lambda v: v.get("similarity", 0.0))
-                    exp.text, exp.status, exp.tokens = best["text"], "expanded", best["tokens"]
-                    exp.similarity = best.get("similarity")
-                    exp.reason = None
+                if self._take_best(exp, verdicts):
                     continue
-                too_long = [v for v in verdicts if v["over_budget"]]
-                p = self.prompts["expand"]
-                if too_long:
-                    v = min(too_long, key=lambda v: v["tokens"])
+                v, follow = self._follow_up(verdicts)
+                if v["over_budget"]:
                     over_budget[i] = v["text"]
-                    last_reason[i] = v["reason"]
-                    words = max(10, int(word_count(v["text"]) * self.budget.max_tokens / v["tokens"] * 0.85))
-                    follow = p["too_long"].format(tokens=v["tokens"], max_tokens=self.budget.max_tokens,
-                                                  target_words=words)
-                else:
-                    v = verdicts[0]
-                    last_reason[i] = v["reason"]
-                    follow = p["retry"].format(reason=v["reason"])
+                last_reason[i] = v["reason"]
                 convs[i] = [*convs[i], Message.assistant(_echo(v["text"], cfg.max_new_tokens)), Message.user(follow)]
                 still.append(i)
             active = still
         for i in active:  # nothing passed within the retry budget
-            exp = out[i]
-            if over_budget[i] is not None:
-                trimmed = self.budget.trim(over_budget[i])
-                if trimmed and self._check(prompts[i], trimmed, examples[i]) is None:
-                    exp.text, exp.status, exp.trimmed = trimmed, "expanded", True
-                    exp.tokens = self.budget.count(trimmed)
-                    exp.reason = f"trimmed at a sentence boundary to fit {self.budget.max_tokens} tokens"
-                    continue
-            exp.text, exp.status = " ".join(prompts[i].split()), "fallback"
-            exp.reason = f"no acceptable expansion after {exp.attempts} tries (last: {last_reason[i]}); the original prompt is used"
-            exp.tokens = self.budget.count(exp.text) if self.budget else None
-            log.info("prompt %r: %s", prompts[i][:60], exp.reason)
+            self._give_up(out[i], prompts[i], examples[i], over_budget[i], last_reason[i])
         return out
+
+    def _verdicts(
+        self, prompt: str, answers: list[str], examples: list[Example], attempt: int, seeds: list[int] | None
+    ) -> list[dict[str, Any]]:
+        """Each answer cleaned and judged: ``reason`` is the checks' reason, or the token budget's, or None
+        (it passes); with several candidates, each one's similarity to the prompt when one passes."""
+        verdicts = []
+        for j, answer in enumerate(answers):
+            text = clean_answer(answer)
+            reason = self._check(prompt, text, examples)
+            tokens = self.budget.count(text) if self.budget and text else None
+            over = reason is None and tokens is not None and tokens > self.budget.max_tokens
+            verdicts.append({"text": text, "attempt": attempt + 1, "seed": seeds[j] if seeds else None,
+                             "reason": reason or (f"{tokens} tokens, over the limit of {self.budget.max_tokens}"
+                                                  if over else None),
+                             "tokens": tokens, "over_budget": over})
+        if self.cfg.candidates > 1 and any(v["reason"] is None for v in verdicts):
+            sims = self._similarities(prompt, [v["text"] for v in verdicts])
+            for v, s in zip(verdicts, sims):
+                v["similarity"] = s
+        return verdicts
+
+    @staticmethod
+    def _take_best(exp: Expansion, verdicts: list[dict[str, Any]]) -> bool:
+        """Take the passing candidate nearest the prompt into ``exp``; False when none passes."""
+        passing = [v for v in verdicts if v["reason"] is None]
+        if not passing:
+            return False
+        best = max(passing, key=lambda v: v.get("similarity", 0.0))
+        exp.text, exp.status, exp.tokens = best["text"], "expanded", best["tokens"]
+        exp.similarity = best.get("similarity")
+        exp.reason = None
+        return True
+
+    def _follow_up(self, verdicts: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+        """The rejected candidate that goes back to the model, and what to ask next: a shorter caption (for
+        the shortest one over the token budget), else another try with the first one's reason."""
+        p = self.prompts["expand"]
+        too_long = [v for v in verdicts if v["over_budget"]]
+        if not too_long:
+            v = verdicts[0]
+            return v, p["retry"].format(reason=v["reason"])
+        v = min(too_long, key=lambda v: v["tokens"])
+        words = max(10, int(word_count(v["text"]) * self.budget.max_tokens / v["tokens"] * 0.85))
+        return v, p["too_long"].format(tokens=v["tokens"], max_tokens=self.budget.max_tokens, target_words=words)
+
+    def _give_up(
+        self, exp: Expansion, prompt: str, examples: list[Example], over_budget: str | None, last_reason: str | None
+    ) -> None:
+        """After the last try: the caption that was only over the budget, trimmed at a sentence boundary
+        when it still passes the checks; else the original prompt (status ``fallback``)."""
+        if over_budget is not None:
+            trimmed = self.budget.trim(over_budget)
+            if trimmed and self._check(prompt, trimmed, examples) is None:
+                exp.text, exp.status, exp.trimmed = trimmed, "expanded", True
+                exp.tokens = self.budget.count(trimmed)
+                exp.reason = f"trimmed at a sentence boundary to fit {self.budget.max_tokens} tokens"
+                return
+        exp.text, exp.status = " ".join(prompt.split()), "fallback"
+        exp.reason = f"no acceptable expansion after {exp.attempts} tries (last: {last_reason}); the original prompt is used"
+        exp.tokens = self.budget.count(exp.text) if self.budget else None
+        log.info("prompt %r: %s", prompt[:60], exp.reason)
 
     # ------------------------------------------------------------------ lifetime
 

@@ -374,7 +374,7 @@ def demo_cmd(out: Path, prompt: str | None, steps: int, expander: str, debug: bo
 
 
 def _register_ui() -> None:
-    """``t2v ui``: the generation web page (t2v/webui.py; gradio is imported only when it runs)."""
+    """``t2v ui``: the generation web page (t2v/webui/; gradio is imported only when it runs)."""
     from t2v.webui import ui_command
 
     cli.add_command(ui_command)

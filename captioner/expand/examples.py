@@ -47,7 +47,7 @@ def builtin_examples(prompts: dict) -> list[Example]:
 
 def load_examples(path: str | Path) -> list[Example]:
     """Pairs written by ``captioner pairs`` (one JSON object per line with ``id``, ``prompt``, ``caption``)."""
-    from captioner.pairs import load_pairs
+    from captioner.pairs.sft import load_pairs
 
     return [Example(id=p.id, prompt=p.prompt, caption=p.caption) for p in load_pairs(path)]
 

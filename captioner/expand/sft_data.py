@@ -101,8 +101,8 @@ def _load_chat_rows(path: Path) -> list[TrainingPair]:
 
 def load_training_pairs(path: str | Path) -> list[TrainingPair]:
     """The (short prompt, caption) pairs of a ``captioner pairs`` file (read with
-    :func:`captioner.pairs.load_pairs`) or of its chat/ShareGPT SFT export. Errors name the file."""
-    from captioner.pairs import load_pairs
+    :func:`captioner.pairs.sft.load_pairs`) or of its chat/ShareGPT SFT export. Errors name the file."""
+    from captioner.pairs.sft import load_pairs
 
     path = Path(path)
     first = _first_object(path)

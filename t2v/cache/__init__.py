@@ -32,9 +32,9 @@ redone, a torn last line is cut off, and unreferenced shard files are removed. A
 run the index is rewritten in dataset order, without stale entries (samples no longer in the
 dataset), so a resumed cache and a fresh one list the same samples in the same order.
 
-The parts: :mod:`t2v.cache_config` (the ``t2v prepare`` settings, the cache's identity and keys),
-:mod:`t2v.cache_store` (the folder's files: cache.json, index, shards), :mod:`t2v.cache_prepare`
-(the encoding pass) and :mod:`t2v.cache_dataset` (reading the cache for training). Their public
+The parts: :mod:`t2v.cache.config` (the ``t2v prepare`` settings, the cache's identity and keys),
+:mod:`t2v.cache.store` (the folder's files: cache.json, index, shards), :mod:`t2v.cache.prepare`
+(the encoding pass) and :mod:`t2v.cache.dataset` (reading the cache for training). Their public
 names are importable from here.
 """
 
@@ -43,10 +43,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from t2v.cache_config import ModelRef, PrepareConfig, cache_identity
-from t2v.cache_dataset import CachedLatentDataset, collate_cached
-from t2v.cache_prepare import PrepareResult, prepare_cache
-from t2v.cache_store import (  # noqa: F401 -- the folder's file names are read from here too
+from t2v.cache.config import ModelRef, PrepareConfig, cache_identity
+from t2v.cache.dataset import CachedLatentDataset, collate_cached
+from t2v.cache.prepare import PrepareResult, prepare_cache
+from t2v.cache.store import (  # noqa: F401 -- the folder's file names are read from here too
     CACHE_FILE,
     CACHE_FORMAT,
     EMPTY_FILE,
@@ -56,7 +56,7 @@ from t2v.cache_store import (  # noqa: F401 -- the folder's file names are read 
     SHARDS_DIR,
     CacheError,
 )
-from t2v.cache_store import save_atomic as _save_atomic  # noqa: F401 -- its name before the split
+from t2v.cache.store import save_atomic as _save_atomic  # noqa: F401 -- its name before the split
 
 __all__ = [
     "CacheError",

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from densecap.devices import resolve_device
-from t2v.generate_config import GenerateConfig, GenerateError
-from t2v.model_source import ResolvedModel, resolve_model
+from t2v.generate.config import GenerateConfig, GenerateError
+from t2v.generate.model_source import ResolvedModel, resolve_model
 
 ADAPTER_NAME = "t2v_lora"
 
@@ -131,7 +131,7 @@ def _set_attention_backend(transformer, name: str) -> None:
 
 def pipeline_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     """The pipeline-call arguments for resolved ``settings`` (see
-    :func:`~t2v.generate_config.resolved_settings`), other than the prompt and the generator: shape, steps,
+    :func:`~t2v.generate.config.resolved_settings`), other than the prompt and the generator: shape, steps,
     guidance, negative prompt, ``output_type="np"`` and the family's extra arguments (its spec's
     ``pipeline_call_kwargs``)."""
     return {

@@ -43,7 +43,7 @@ from typing import Any
 from densecap.devices import process_share, resolve_device
 from densecap.files import file_sha256
 from densecap.paths import check_output_dir, slugify
-from t2v.generate_config import (
+from t2v.generate.config import (
     FAMILY_DEFAULTS,
     GenerateConfig,
     GenerateError,
@@ -51,20 +51,20 @@ from t2v.generate_config import (
     load_generate_config,
     resolved_settings,
 )
-from t2v.generate_config import Dtype as Dtype
-from t2v.generate_outputs import SIDECAR_VERSION as SIDECAR_VERSION
-from t2v.generate_outputs import GeneratedVideo, _plan, _sidecar, _write_json_atomic
-from t2v.model_source import LORA_FILE as LORA_FILE
-from t2v.model_source import ResolvedModel, resolve_model
-from t2v.pipeline import ADAPTER_NAME as ADAPTER_NAME
-from t2v.pipeline import (
+from t2v.generate.config import Dtype as Dtype
+from t2v.generate.model_source import LORA_FILE as LORA_FILE
+from t2v.generate.model_source import ResolvedModel, resolve_model
+from t2v.generate.outputs import SIDECAR_VERSION as SIDECAR_VERSION
+from t2v.generate.outputs import GeneratedVideo, _plan, _sidecar, _write_json_atomic
+from t2v.generate.pipeline import ADAPTER_NAME as ADAPTER_NAME
+from t2v.generate.pipeline import (
     _prompt_tokens,
     generator_device,
     load_pipeline,
     pipeline_kwargs,
     run_pipeline,
 )
-from t2v.prompts import _check_expansions, _expand, read_prompts
+from t2v.generate.prompts import _check_expansions, _expand, read_prompts
 from t2v.videoio import write_mp4
 
 __all__ = [

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from densecap.files import file_sha256
-from t2v.generate_config import GenerateConfig, GenerateError, resolved_settings
+from t2v.generate.config import GenerateConfig, GenerateError, resolved_settings
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE, as t2v.lora writes it
 

@@ -13,8 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from densecap.config import StrictModel
-from t2v.cache_store import CACHE_FORMAT
-from t2v.sampling import DataConfig
+from t2v.cache.store import CACHE_FORMAT
+from t2v.data.sampling import DataConfig
 
 
 class ModelRef(StrictModel):

@@ -21,8 +21,8 @@ from densecap.files import lock_output
 from densecap.jsonl import JsonlAppender, repair_partial_tail
 from densecap.paths import check_output_dir
 from t2v.buckets import Bucket, SampleRef
-from t2v.cache_config import PrepareConfig, cache_identity, entry_key, key_of
-from t2v.cache_store import (
+from t2v.cache.config import PrepareConfig, cache_identity, entry_key, key_of
+from t2v.cache.store import (
     CACHE_FORMAT,
     EMPTY_FILE,
     ERRORS_FILE,

@@ -18,8 +18,8 @@ file that names them.
 reports what cannot be used. Items are ``{"video": (C, F, H, W) float32 in [-1, 1], "caption", ...}``;
 batch them with :class:`t2v.buckets.BucketBatchSampler` and :func:`collate`.
 
-The parts live in :mod:`t2v.data_layouts` (reading the layouts), :mod:`t2v.sampling` (the
-settings, frame sampling, sample keys, resizing) and :mod:`t2v.sample_refs` (indexing and seeding);
+The parts live in :mod:`t2v.data.layouts` (reading the layouts), :mod:`t2v.data.sampling` (the
+settings, frame sampling, sample keys, resizing) and :mod:`t2v.data.refs` (indexing and seeding);
 this module holds the dataset and re-exports their names, so ``from t2v.data import ...`` keeps
 working.
 """
@@ -46,14 +46,14 @@ from t2v.buckets import (
     choose_bucket,
     window_starts,
 )
-from t2v.data_layouts import (
+from t2v.data.layouts import (
     LAYOUT_FILES,  # noqa: F401 -- re-exported
     DataError,
     SampleSpec,
     read_samples,
 )
-from t2v.sample_refs import resolve_ref, seeded_rng
-from t2v.sampling import (
+from t2v.data.refs import resolve_ref, seeded_rng
+from t2v.data.sampling import (
     DEFAULT_SIZE,  # noqa: F401 -- re-exported
     KEY_VERSION,  # noqa: F401 -- re-exported
     DataConfig,

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captioner.pairs_config import default_sft_system
-from captioner.pairs_input import iter_numbered
+from captioner.pairs.config import default_sft_system
+from captioner.pairs.reading import iter_numbered
 from densecap.errors import CaptionerError
 from densecap.files import write_json_atomic
 

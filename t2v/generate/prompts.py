@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from t2v.generate_config import GenerateConfig, GenerateError
+from t2v.generate.config import GenerateConfig, GenerateError
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from captioner.pairs_config import PairsConfig
-from captioner.pairs_input import CaptionItem, iter_numbered
+from captioner.pairs.config import PairsConfig
+from captioner.pairs.reading import CaptionItem, iter_numbered
 from densecap.errors import CaptionerError, ConfigError
 from densecap.files import lock_output, write_json_atomic
 

@@ -41,7 +41,7 @@ import click
 from pydantic import ValidationError
 
 from densecap.errors import CaptionerError
-from t2v.webui_limits import (
+from t2v.webui.limits import (
     _LABELS,
     CONTROLS,
     PageLimits,
@@ -51,8 +51,8 @@ from t2v.webui_limits import (
     _validation_message,
     parse_limits,
 )
-from t2v.webui_page import INSTALL_HINT as INSTALL_HINT
-from t2v.webui_page import lay_out_page, require_gradio
+from t2v.webui.page import INSTALL_HINT as INSTALL_HINT
+from t2v.webui.page import lay_out_page, require_gradio
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr

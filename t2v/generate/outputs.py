@@ -18,7 +18,7 @@ from densecap.config import flatten_dict
 from densecap.devices import process_share
 from densecap.files import write_json_atomic
 from densecap.paths import slugify
-from t2v.generate_config import GenerateConfig, GenerateError
+from t2v.generate.config import GenerateConfig, GenerateError
 
 SIDECAR_VERSION = 1
 

@@ -28,10 +28,10 @@ next to ``PAIRS.meta.json`` (writer model, prompt version, word window, ...; a r
 values is refused, naming them) and ``PAIRS.errors.jsonl``. For ``pairs.jsonl`` these are
 ``pairs.meta.json`` and ``pairs.errors.jsonl``.
 
-This module runs the writer (:class:`PairWriter`, :func:`mine_pairs`); the config and prompt file are
-:mod:`captioner.pairs_config`, the answer checks :mod:`captioner.pairs_checks`, the input
-:mod:`captioner.pairs_input`, the PAIRS file :mod:`captioner.pairs_output`, and reading pairs back and
-the SFT export :mod:`captioner.pairs_sft`; their names are importable from here too.
+This package module runs the writer (:class:`PairWriter`, :func:`mine_pairs`); the config and prompt
+file are :mod:`captioner.pairs.config`, the answer checks :mod:`captioner.pairs.checks`, reading the
+input captions :mod:`captioner.pairs.reading`, the PAIRS file :mod:`captioner.pairs.output`, and reading
+pairs back and the SFT export :mod:`captioner.pairs.sft`; their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from typing import Any
 
 from captioner.backends.base import ChatBackend, Message
 
-# the config, checks, input, output and SFT export live in the pairs_* modules; importable from here
-from captioner.pairs_checks import check_prompt, clean_prompt, first_sentence  # noqa: F401 (re-exported)
-from captioner.pairs_config import (  # noqa: F401 (re-exported)
+# the config, checks, input, output and SFT export live in the submodules; importable from here
+from captioner.pairs.checks import check_prompt, clean_prompt, first_sentence  # noqa: F401 (re-exported)
+from captioner.pairs.config import (  # noqa: F401 (re-exported)
     DEFAULT_WRITER,
     PAIRS_SCHEMA,
     PairsConfig,
@@ -54,21 +54,21 @@ from captioner.pairs_config import (  # noqa: F401 (re-exported)
     default_sft_system,
     load_pairs_prompts,
 )
-from captioner.pairs_input import (  # noqa: F401 (re-exported)
-    DATASET_FILES,
-    CaptionInput,
-    CaptionItem,
-    item_id,
-    read_captions,
-)
-from captioner.pairs_output import (  # noqa: F401 (re-exported)
+from captioner.pairs.output import (  # noqa: F401 (re-exported)
     META_FORMAT,
     META_FORMAT_VERSION,
     PairsOutput,
     meta_settings,
     sidecar_paths,
 )
-from captioner.pairs_sft import PAIR_KEYS, SFT_FORMATS, Pair, export_sft, load_pairs, sft_row  # noqa: F401 (re-exported)
+from captioner.pairs.reading import (  # noqa: F401 (re-exported)
+    DATASET_FILES,
+    CaptionInput,
+    CaptionItem,
+    item_id,
+    read_captions,
+)
+from captioner.pairs.sft import PAIR_KEYS, SFT_FORMATS, Pair, export_sft, load_pairs, sft_row  # noqa: F401 (re-exported)
 from densecap.errors import BackendError, CaptionerError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from densecap.config import StrictModel
 from densecap.video import ClipView, VideoInfo, VideoReader
 from t2v.buckets import Bucket, choose_bucket, sampled_capacity
-from t2v.data_layouts import SampleSpec
+from t2v.data.layouts import SampleSpec
 
 DEFAULT_SIZE = (480, 832)  # (height, width) of the default bucket
 KEY_VERSION = 1  # bump when what sample_key() covers changes meaning

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from t2v.buckets import Bucket, SampleRef
-from t2v.cache_config import norm_model_id
-from t2v.cache_store import (
+from t2v.cache.config import norm_model_id
+from t2v.cache.store import (
     EMPTY_FILE,
     CacheError,
     pad_zeros,
@@ -24,7 +24,7 @@ from t2v.cache_store import (
     read_index,
     shard_path,
 )
-from t2v.sample_refs import resolve_ref, seeded_rng
+from t2v.data.refs import resolve_ref, seeded_rng
 
 log = logging.getLogger("t2v.cache")  # one logger name for the whole cache, as before the split
 

@@ -28,7 +28,7 @@ def require_gradio():
 def lay_out_page(gr, *, title: str, header: str, defaults: dict[str, Any], can_expand: bool, queue_size: int,
                  on_expand: Callable[..., Any], on_generate: Callable[..., Any]) -> gr.Blocks:
     """The page's ``gr.Blocks`` (queued, at most ``queue_size`` requests): ``header`` as its Markdown
-    heading, the controls starting at ``defaults`` (the :data:`~t2v.webui_limits.CONTROLS` names), the
+    heading, the controls starting at ``defaults`` (the :data:`~t2v.webui.limits.CONTROLS` names), the
     expansion controls usable when ``can_expand``. ``on_expand(prompt)`` returns (text for the model,
     expansion line, expansion state, status); ``on_generate(prompt, expand, previewed, *controls)``
     returns (video, sidecar, text for the model, expansion line, expansion state, status)."""

@@ -14,7 +14,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Iterable
 
 from densecap.errors import CaptionerError
 from densecap.files import read_utf8 as _read_utf8
+from densecap.values import seconds
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp"}
 PATH_KEYS = ("path", "video", "video_path", "file_name", "filepath")
@@ -90,15 +90,7 @@ def _pick(row: dict[str, Any], keys: Iterable[str]) -> Any:
 
 
 def _seconds(value: Any, where: str, name: str) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ManifestError(f"{where}: {name} {value!r} is not a number of seconds") from None
-    if not math.isfinite(out) or out < 0:
-        raise ManifestError(f"{where}: {name} {value!r} must be a finite number >= 0")
-    return out
+    return seconds(value, where, name, ManifestError)
 
 
 def _clip_from_row(row: dict[str, Any], base: Path, where: str) -> Clip:

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from densecap.config import StrictModel
 from t2v.data import DataConfig
 from t2v.families.base import TimestepConfig
+from t2v.model_ref import FamilyModelRef
 
 __all__ = [
     "CheckpointConfig",
@@ -33,26 +34,11 @@ __all__ = [
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
-class ModelConfig(StrictModel):
+class ModelConfig(FamilyModelRef):
     """The base model that is fine-tuned."""
 
-    family: str = Field("wan", description="a registered model family (t2v.families)")
-    id: str | None = Field(None, description="hub id, local folder or tiny://NAME; default: the family's default")
-    revision: str | None = None
     vae_dtype: Dtype = Field(
         "float32", description="dtype of the VAE when videos are encoded on the fly (and for validation)")
-
-    @field_validator("family")
-    @classmethod
-    def _registered_family(cls, v):
-        from t2v.families import check_family
-
-        return v if v is None else check_family(v)
-
-    def resolved_id(self) -> str:
-        from t2v.families import get_family
-
-        return self.id or get_family(self.family).default_model_id
 
 
 class TrainDataConfig(DataConfig):

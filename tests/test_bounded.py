@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -285,6 +286,32 @@ def test_a_latin1_manifest_is_one_line_naming_file_line_and_byte(tmp_path):
     jsonl.write_bytes(b'{"path": "a.mp4"}\n{"path": "b.mp4", "caption": "caf\xe9"}\n')
     with pytest.raises(ManifestError, match=rf"{jsonl}:2: not UTF-8 text \(byte 0xe9 at offset 51\)"):
         read_manifest(jsonl)
+
+
+@pytest.mark.parametrize("value, problem", [
+    (-1, "must be a finite number of seconds >= 0, got -1"),
+    ("inf", "must be a finite number of seconds >= 0, got 'inf'"),
+    ("soon", "must be a number of seconds or empty, got 'soon'"),
+    (True, "must be a number of seconds or empty, got True"),
+])
+def test_a_bad_clip_time_is_one_line_naming_the_row_and_field(tmp_path, value, problem):
+    """Manifests, training layouts and caption lists check clip times the same way (densecap.values)."""
+    from captioner.pairs import read_captions
+    from t2v.data import DataError, read_samples
+
+    jsonl = tmp_path / "clips.jsonl"
+    jsonl.write_text(json.dumps({"path": "a.mp4", "start": value}) + "\n", encoding="utf-8")
+    with pytest.raises(ManifestError) as exc:
+        read_manifest(jsonl)
+    assert str(exc.value) == f"{jsonl}:1: start {problem}"
+    layout = tmp_path / "captions.jsonl"
+    layout.write_text(json.dumps({"video": "a.mp4", "caption": "a dog", "end": value}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"captions\.jsonl:1: end {re.escape(problem)}"):
+        read_samples(layout)
+    captions = tmp_path / "dense.jsonl"
+    captions.write_text(json.dumps({"caption": "a dog runs", "video": "a.mp4", "start": value}) + "\n", encoding="utf-8")
+    with pytest.raises(CaptionerError, match=rf"dense\.jsonl:1: start {re.escape(problem)}"):
+        read_captions(captions)
 
 
 def test_a_csv_with_a_byte_order_mark_just_works(tmp_path):

@@ -8,7 +8,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from densecap.errors import CaptionerError
+from densecap.values import seconds
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,9 @@ def item_id(caption: str, video: str | None = None, start: float | None = None, 
 
 
 def _seconds(value: Any, where: str, name: str) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        raise CaptionerError(f"{where}: {name} must be a number of seconds or empty (got {value!r})")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise CaptionerError(f"{where}: {name} must be a number of seconds or empty (got {value!r})") from None
-    if math.isnan(number):
-        raise CaptionerError(f"{where}: {name} is not a number")
-    return round(number, 6)
+    """A clip bound in seconds, rounded to the microsecond (ids hash it)."""
+    number = seconds(value, where, name)
+    return None if number is None else round(number, 6)
 
 
 def _make_source(video: str | None, start: float | None, end: float | None) -> dict[str, Any] | None:

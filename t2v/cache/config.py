@@ -10,33 +10,19 @@ import json
 import os
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from densecap.config import StrictModel
 from t2v.cache.store import CACHE_FORMAT
 from t2v.data.sampling import DataConfig
+from t2v.model_ref import FamilyModelRef
 
 
-class ModelRef(StrictModel):
+class ModelRef(FamilyModelRef):
     """The model whose VAE and text encoder make the cache."""
 
-    family: str = Field("wan", description="a registered model family (t2v.families)")
-    id: str | None = Field(None, description="hub id, local folder or tiny://NAME; default: the family's default")
-    revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="text encoder (and VAE) dtype")
     vae_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(None, description="VAE dtype; default: dtype")
-
-    @field_validator("family")
-    @classmethod
-    def _registered_family(cls, v):
-        from t2v.families import check_family
-
-        return v if v is None else check_family(v)
-
-    def resolved_id(self) -> str:
-        from t2v.families import get_family
-
-        return self.id or get_family(self.family).default_model_id
 
 
 class PrepareConfig(StrictModel):

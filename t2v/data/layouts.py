@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from densecap.errors import CaptionerError
 from densecap.files import read_utf8
+from densecap.values import seconds
 
 LAYOUT_FILES = ("captions.jsonl", "metadata.csv", "metadata.jsonl", "prompts.txt + videos.txt")
 
@@ -89,17 +89,7 @@ def _resolve(folder: Path, value: str) -> str:
 
 
 def _as_time(value: Any, where: str, key: str) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        raise DataError(f"{where}: {key} must be a number of seconds or empty, got {value!r}")
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: {key} must be a number of seconds or empty, got {value!r}") from None
-    if not math.isfinite(t) or t < 0:
-        raise DataError(f"{where}: {key} must be a finite number of seconds >= 0, got {value!r}")
-    return t
+    return seconds(value, where, key, DataError)
 
 
 def _make_spec(folder: Path, row: dict[str, Any], where: str, columns_hint: str) -> SampleSpec:

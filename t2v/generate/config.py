@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from densecap.config import StrictModel
 from densecap.errors import CaptionerError
+from t2v.model_ref import FamilyModelRef
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -48,7 +49,7 @@ class GenerateError(CaptionerError):
     file that cannot be read, an output that would overwrite another generation's."""
 
 
-class GenerateModelConfig(StrictModel):
+class GenerateModelConfig(FamilyModelRef):
     """The model to generate with: a base pipeline, optionally a LoRA or a fine-tuned transformer, or a
     trainer output folder (``run``) that names both."""
 
@@ -56,18 +57,10 @@ class GenerateModelConfig(StrictModel):
         None, description="a registered model family (t2v.families); with run: taken from the run's base_model.json")
     id: str | None = Field(
         None, description="hub id, local folder or tiny://NAME; default: the family's default (or the run's)")
-    revision: str | None = None
     run: str | None = Field(None, description="a `t2v train` output folder (base_model.json + lora/ or transformer/)")
     lora: str | None = Field(None, description="LoRA in diffusers format: a folder or a .safetensors file")
     lora_scale: float = Field(1.0, description="weight of the LoRA (set_adapters)")
     transformer: str | None = Field(None, description="a fine-tuned transformer folder (t2v train, full mode)")
-
-    @field_validator("family")
-    @classmethod
-    def _registered_family(cls, v):
-        from t2v.families import check_family
-
-        return v if v is None else check_family(v)
 
     @model_validator(mode="after")
     def _check_source(self) -> GenerateModelConfig:

@@ -184,7 +184,12 @@ class ChatServer:
                     with server._lock:
                         server.bytes_sent.append(sent)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            # socketserver's default backlog of 5 drops the SYNs of a burst of new connections (more
+            # requests in flight than that), and the client's retransmission waits a whole second
+            request_queue_size = 128
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()

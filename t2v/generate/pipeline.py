@@ -8,17 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from densecap.devices import resolve_device
+from densecap.devices import resolve_device, torch_dtype
 from t2v.generate.config import GenerateConfig, GenerateError
 from t2v.generate.model_source import ResolvedModel, resolve_model
 
 ADAPTER_NAME = "t2v_lora"
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_pipeline(cfg: GenerateConfig, resolved: ResolvedModel | None = None, *, progress_bar: bool = False):
@@ -41,8 +35,8 @@ def load_pipeline(cfg: GenerateConfig, resolved: ResolvedModel | None = None, *,
         raise GenerateError(f"cpu_offload: {cfg.cpu_offload} moves weights between the CPU and a GPU; "
                             f"device {device} has none (use cpu_offload: none)")
     cls = getattr(diffusers, spec.pipeline_class_name)
-    dtype = _torch_dtype(cfg.dtype)
-    vae_dtype = _torch_dtype(cfg.vae_dtype or cfg.dtype)
+    dtype = torch_dtype(cfg.dtype)
+    vae_dtype = torch_dtype(cfg.vae_dtype or cfg.dtype)
     rev = {"revision": resolved.revision} if resolved.revision else {}
     kw: dict[str, Any] = {_pipeline_dtype_arg(): dtype, **rev}
     if resolved.transformer is not None:

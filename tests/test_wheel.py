@@ -1,7 +1,8 @@
 """The toolkit from a built wheel, installed into a fresh virtual environment and run outside the
 checkout: the presets, the prompt files and the demo's samples ship inside the packages.
 
-The wheel is built from this checkout and installed with ``--no-deps``; the fresh environment sees
+The wheel is built from a fresh copy of this checkout's sources (a ``build/`` folder left in the
+checkout would carry modules that no longer exist into the wheel) and installed with ``--no-deps``; the fresh environment sees
 the dependencies of the test environment through a ``.pth`` line naming its site-packages (a path
 added that way does not run that folder's own ``.pth`` files, so the checkout's editable install
 stays out of reach). Every import of ``captioner``, ``t2v`` and ``densecap`` is checked to come
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +23,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: what the wheel is built from (densecap/_assets links to configs/ and samples/ relatively)
+SOURCES = ("pyproject.toml", "README.md", "densecap", "captioner", "t2v", "configs", "samples")
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +46,15 @@ def installed(tmp_path_factory) -> dict:
         isolation = ["--no-build-isolation"]  # build with this environment's setuptools, offline
     except ImportError:
         pass
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", dist, ROOT], cwd=tmp)
+    src = tmp / "src"
+    src.mkdir()
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", dist, src], cwd=tmp)
     wheel = next(dist.glob("densecap_t2v-*.whl"))
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=tmp)
@@ -64,6 +76,11 @@ def test_wheel_carries_presets_prompts_and_samples(installed):
         assert f"densecap/_assets/samples/{sample}" in names, sample
     assert any(n.startswith("captioner/prompts/") and n.endswith(".yaml") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/", "configs/", "samples/")) for n in names)
+    # exactly the checkout's modules: none missing, none left over from an older layout
+    modules = {n for n in names if n.endswith(".py") and n.split("/")[0] in ("densecap", "captioner", "t2v")}
+    sources = {p.relative_to(ROOT).as_posix() for pkg in ("densecap", "captioner", "t2v")
+               for p in (ROOT / pkg).rglob("*.py") if "_assets" not in p.parts}
+    assert modules == sources, (sorted(modules - sources)[:5], sorted(sources - modules)[:5])
 
 
 def test_installed_packages_and_assets_come_from_the_wheel(installed):

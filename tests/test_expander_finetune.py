@@ -167,6 +167,25 @@ def test_resume_gives_the_same_losses(trained, tmp_path):
     assert set(a) == set(b) and all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
 
 
+def test_a_checkpoint_of_the_earlier_layout_resumes(trained, tmp_path):
+    """A run stopped before the shared checkpoint toolkit (no COMPLETE marker, the torch RNG state in
+    rng.safetensors) resumes after the upgrade instead of starting over, with the same losses."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    train_expander(PAIRS, out, tiny_cfg(), progress=False, stop_after=3)
+    ckpt = out / "checkpoints" / "step-3"
+    rng = load_file(str(ckpt / "rng-0.safetensors"))
+    save_file({"torch_cpu": rng["torch_cpu"]}, str(ckpt / "rng.safetensors"))  # the earlier layout
+    for name in ("COMPLETE", "rng-0.safetensors", "rng-0.json"):
+        (ckpt / name).unlink()
+    second = train_expander(PAIRS, out, tiny_cfg(), progress=False, resume="latest")
+    assert second.resumed_from == ckpt and second.step == 6
+    assert (ckpt / "COMPLETE").is_file() and not (ckpt / "rng.safetensors").exists()
+    once, resumed = losses(trained, "loss"), losses(out, "loss")
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in once], abs=1e-6)
+
+
 def test_full_fine_tuning_and_dropped_pairs(tiny_models, tmp_path):
     from transformers import AutoTokenizer
 

@@ -15,11 +15,16 @@ from typing import Any
 from captioner.expand.finetune_config import IGNORED_ON_RESUME, TrainExpanderConfig
 from captioner.expand.sft_data import ExpanderTrainingError
 from densecap.files import write_json_atomic as write_text_atomic  # it writes any text
-from densecap.training import commit_checkpoint, config_diffs, read_checkpoint_state, staging_dir
+from densecap.training import (
+    commit_checkpoint,
+    config_diffs,
+    read_checkpoint_state,
+    staging_dir,
+)
 from densecap.training import find_checkpoint as _find_checkpoint
 from densecap.training.rng import load_rng, save_rng
 
-__all__ = ["CHECKPOINT_FORMAT", "check_resume", "find_checkpoint", "load_checkpoint", "read_state",
+__all__ = ["CHECKPOINT_FORMAT", "adopt_legacy", "check_resume", "find_checkpoint", "load_checkpoint", "read_state",
            "save_checkpoint", "trainable"]
 
 log = logging.getLogger("captioner.expand.finetune")
@@ -29,8 +34,49 @@ CHECKPOINT_FORMAT = 1
 
 def find_checkpoint(out_dir: str | Path, resume: str) -> Path | None:
     """``latest``: the newest complete checkpoint under ``OUT/checkpoints`` that can be read (a damaged
-    newer one is passed over with a warning; None when there is none); otherwise a checkpoint folder."""
+    newer one is passed over with a warning; None when there is none); otherwise a checkpoint folder.
+    Checkpoints of the earlier layout are adopted first (:func:`adopt_legacy`)."""
+    named = [] if resume == "latest" else [Path(resume).expanduser()]
+    root = Path(out_dir) / "checkpoints"
+    for folder in [*(sorted(root.glob("step-*")) if root.is_dir() else []), *named]:
+        if folder.is_dir():
+            adopt_legacy(folder)
     return _find_checkpoint(out_dir, resume, error=ExpanderTrainingError)
+
+
+def adopt_legacy(folder: Path) -> bool:
+    """Bring a checkpoint of the earlier layout (before the shared toolkit: no ``COMPLETE`` marker, the
+    torch RNG states in ``rng.safetensors``) to the current one, so a run started before the upgrade
+    resumes instead of starting over. Such a folder was renamed into place only once complete, so its
+    ``state.json`` (format 1) and ``rng.safetensors`` mean it is whole. Returns True when adopted."""
+    from safetensors.torch import load_file
+
+    from densecap.training import MARKER
+    from densecap.training.checkpoints import write_json
+    from densecap.training.rng import capture_rng
+
+    legacy_rng = folder / "rng.safetensors"
+    if (folder / MARKER).exists() or not legacy_rng.is_file() or not (folder / "state.json").is_file():
+        return False
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        old = load_file(str(legacy_rng))
+    except Exception as exc:  # noqa: BLE001 -- unreadable: left as it is, passed over like any damaged one
+        log.warning("%s: an earlier-layout checkpoint that cannot be read (%s); not adopted", folder, exc)
+        return False
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        return False
+    from safetensors.torch import save_file
+
+    _, info = capture_rng()  # numpy and Python states: the expander trainer draws nothing from them
+    tensors = {"torch_cpu": old["torch_cpu"], **({"cuda.0": old["cuda"]} if "cuda" in old else {})}
+    save_file(tensors, str(folder / "rng-0.safetensors"))
+    write_json(folder / "rng-0.json", info)
+    legacy_rng.unlink()
+    write_json(folder / MARKER, {"step": state.get("step"), "files": sorted(p.name for p in folder.iterdir()),
+                                 "adopted": "earlier checkpoint layout"})
+    log.info("%s: checkpoint of the earlier layout adopted", folder)
+    return True
 
 
 def trainable(model) -> dict[str, Any]:

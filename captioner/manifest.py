@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from densecap.errors import CaptionerError
 from densecap.files import read_utf8 as _read_utf8
+from densecap.jsonl import json_objects
 from densecap.values import seconds
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp"}
@@ -124,17 +125,8 @@ def read_manifest(path: str | Path) -> list[Clip]:
     suffix = path.suffix.lower()
     clips: list[Clip] = []
     if suffix in (".jsonl", ".ndjson"):
-        with io.StringIO(read_utf8(path)) as fh:  # lines end at "\n" only, as in the file
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ManifestError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise ManifestError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-                clips.append(_clip_from_row(row, base, f"{path}:{n}"))
+        for where, row in json_objects(read_utf8(path), path, ManifestError):
+            clips.append(_clip_from_row(row, base, where))
     elif suffix in (".csv", ".tsv"):
         with io.StringIO(read_utf8(path), newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")

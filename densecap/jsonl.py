@@ -14,7 +14,7 @@ from typing import Any
 from densecap.errors import CaptionerError
 from densecap.paths import write_failure
 
-__all__ = ["JsonlAppender", "iter_jsonl", "repair_partial_tail"]
+__all__ = ["JsonlAppender", "iter_jsonl", "json_objects", "repair_partial_tail"]
 
 
 def _complete_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -37,6 +37,23 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise CaptionerError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
         yield obj
+
+
+def json_objects(text: str, path: str | Path, error: type[CaptionerError] = CaptionerError) -> Iterator[tuple[str, dict]]:
+    """``("PATH:LINE", object)`` for each non-blank line of a user's JSONL file (``text``, as read with
+    :func:`densecap.files.read_utf8`); a line that is not JSON, or not a JSON object, raises ``error``
+    naming the file and line. Lines end at ``\n`` only, as editors number them."""
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
 
 
 class JsonlAppender:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from densecap.errors import CaptionerError
 from densecap.files import read_utf8
+from densecap.jsonl import json_objects
 from densecap.values import seconds
 
 LAYOUT_FILES = ("captions.jsonl", "metadata.csv", "metadata.jsonl", "prompts.txt + videos.txt")
@@ -122,16 +122,7 @@ def _read_jsonl(path: Path) -> list[SampleSpec]:
         text = read_utf8(path, DataError)  # a BOM is dropped; another encoding names the line and byte
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for where, row in json_objects(text, path, DataError):
         out.append(_make_spec(path.parent, row, where, hint))
     return out
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from densecap.cli import configure_output
 from densecap.errors import CaptionerError, ConfigError
 from densecap.paths import check_output_dir
-from densecap.training import MARKER, list_checkpoints  # noqa: F401 (the trainer's checkpoint convention)
+from densecap.training import list_checkpoints  # public here: t2v.train.list_checkpoints
 from t2v.train_config import TrainConfig
 from t2v.trainer.export import export, write_base_model
 from t2v.trainer.setup import setup, start_outputs

@@ -178,13 +178,10 @@ class _Session:
     total: int
     groups_per_epoch: int
     metrics: MetricsLog
+    params: list[Any]  # the trainable parameters (what the optimizer steps and the clipping sees)
     step: int = 0
     epoch: int = 0
     pos: int = 0
-
-    @property
-    def params(self) -> list[Any]:
-        return list(trainable(self.model).values())
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.pos, "total_steps": self.total,
@@ -314,11 +311,12 @@ def _setup(pairs_path: Path, out: Path, cfg: TrainExpanderConfig, resume: str | 
     groups_per_epoch = len(_epoch_groups(len(data.train), cfg, 0))
     total = cfg.max_steps or cfg.epochs * groups_per_epoch
     model = _load_model(cfg, model_path, where, device, dtype)
-    optimizer = torch.optim.AdamW(list(trainable(model).values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(trainable(model).values())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total),
                               num_training_steps=total)
     sess = _Session(cfg, out, pairs_path, device, dtype_name, tokenizer, model, optimizer, scheduler, data, total,
-                    groups_per_epoch, metrics)
+                    groups_per_epoch, metrics, params)
     if ckpt is not None and state is not None:
         load_checkpoint(ckpt, model, optimizer, scheduler, cfg)
         sess.step, sess.epoch, sess.pos = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])

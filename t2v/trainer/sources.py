@@ -37,10 +37,6 @@ class VideoSource:
         if self.dataset.skipped:
             log.warning("%d clips skipped; first: %s: %s", len(self.dataset.skipped), *self.dataset.skipped[0])
 
-    @staticmethod
-    def config_buckets(cfg: TrainConfig) -> list[tuple[int, int, int]]:
-        return cfg.data.bucket_list()
-
     def buckets(self) -> dict[tuple[int, int, int], int]:
         return self.dataset.bucket_counts()
 
